@@ -1,0 +1,138 @@
+"""The plugin: unchanged Keras code resolves its policies through kpe.
+
+This is the only module that touches Keras internals. `install()` replaces
+these attributes, after checking that each exists on the installed Keras:
+
+- `keras.src.dtype_policies.dtype_policy.dtype_policy`: Keras's global
+  getter. `keras.src.dtype_policies.get(None)` (every stock layer built with
+  `dtype=None`) and `keras.DTypePolicy(None)` call it.
+- `keras.src.dtype_policies.dtype_policy.set_dtype_policy`: Keras's setter.
+- `keras.src.dtype_policies.get`: what `Layer.__init__`, the `dtype_policy`
+  setter, metrics and losses call to turn `dtype=` into a policy.
+
+and, for user code, the public names bound to those functions:
+`keras.config.{dtype_policy, set_dtype_policy}`,
+`keras.mixed_precision.{dtype_policy, global_policy, set_dtype_policy,
+set_global_policy}` and `keras.dtype_policies.get`.
+
+Each is replaced by its kpe counterpart (`keras_policy_ext.config`,
+`keras_policy_ext.dtype_policies.get`); `uninstall()` puts Keras's own back.
+Keras's legacy `keras._tf_keras` namespace is left alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import threading
+from collections.abc import Callable, Iterator
+
+import keras
+
+from keras_policy_ext import config, dtype_policies
+
+_GETTER = "keras.src.dtype_policies.dtype_policy"
+# (module, attribute, kpe replacement)
+_TARGETS: tuple[tuple[str, str, Callable], ...] = (
+    (_GETTER, "dtype_policy", config.dtype_policy),
+    (_GETTER, "set_dtype_policy", config.set_dtype_policy),
+    ("keras.src.dtype_policies", "get", dtype_policies.get),
+    ("keras.config", "dtype_policy", config.dtype_policy),
+    ("keras.config", "set_dtype_policy", config.set_dtype_policy),
+    ("keras.mixed_precision", "dtype_policy", config.dtype_policy),
+    ("keras.mixed_precision", "global_policy", config.dtype_policy),
+    ("keras.mixed_precision", "set_dtype_policy", config.set_dtype_policy),
+    ("keras.mixed_precision", "set_global_policy", config.set_dtype_policy),
+    ("keras.dtype_policies", "get", dtype_policies.get),
+)
+
+_lock = threading.Lock()
+_originals: dict[tuple[str, str], Callable] = {}
+
+
+def _resolve() -> list[tuple[object, str, Callable]]:
+    missing, resolved = [], []
+    for module_name, attr, replacement in _TARGETS:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            module = None
+        if not callable(getattr(module, attr, None)):
+            missing.append(f"{module_name}.{attr}")
+        else:
+            resolved.append((module, attr, replacement))
+    if missing:
+        raise RuntimeError(
+            "keras_policy_ext cannot install its plugin on Keras "
+            f"{keras.__version__}: missing {', '.join(missing)}. The plugin "
+            "supports the Keras versions named in keras_policy_ext's "
+            "requirements (keras>=3.15,<4)."
+        )
+    return resolved
+
+
+def install() -> None:
+    """Makes Keras resolve policies through kpe (idempotent).
+
+    Afterwards `keras.config.set_dtype_policy`, `keras.config.dtype_policy`,
+    `keras.mixed_precision.*` and every layer's `dtype=` name or `None` use
+    kpe policies and kpe's process-wide default and scopes.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> kpe.install()
+    >>> keras.config.set_dtype_policy("mixed_float16")
+    >>> type(keras.layers.Dense(4).dtype_policy) is kpe.DTypePolicy
+    True
+    >>> keras.config.set_dtype_policy("float32")
+    >>> kpe.uninstall()
+    """
+    with _lock:
+        if _originals:
+            return
+        for module, attr, replacement in _resolve():
+            _originals[(module.__name__, attr)] = getattr(module, attr)
+            setattr(module, attr, replacement)
+
+
+def uninstall() -> None:
+    """Puts Keras's own functions back (idempotent).
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> kpe.install(); kpe.uninstall()
+    >>> type(keras.layers.Dense(4, dtype="float32").dtype_policy) is keras.DTypePolicy
+    True
+    """
+    with _lock:
+        for (module_name, attr), original in _originals.items():
+            setattr(importlib.import_module(module_name), attr, original)
+        _originals.clear()
+
+
+def is_installed() -> bool:
+    """Whether the plugin is installed.
+
+    >>> import keras_policy_ext as kpe
+    >>> kpe.is_installed()
+    False
+    """
+    return bool(_originals)
+
+
+@contextlib.contextmanager
+def installed() -> Iterator[None]:
+    """Installs the plugin for a block; leaves it as it was on exit.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> with kpe.installed():
+    ...     type(keras.layers.Dense(4).dtype_policy) is kpe.DTypePolicy
+    True
+    >>> kpe.is_installed()
+    False
+    """
+    was_installed = is_installed()
+    install()
+    try:
+        yield
+    finally:
+        if not was_installed:
+            uninstall()

@@ -1,0 +1,258 @@
+"""The `DTypePolicy` value object: name parsing, dtypes, input conversion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+# Policy names that are not a single dtype: name -> (compute, variable).
+MIXED_POLICIES = {
+    "mixed_float16": ("float16", "float32"),
+    "mixed_bfloat16": ("bfloat16", "float32"),
+}
+# The dtype names Keras accepts as a policy name (plus "int", its alias for
+# the backend's default integer); each is both compute and variable dtype.
+DTYPE_NAMES = (
+    "float16", "bfloat16", "float32", "float64",
+    "int8", "int16", "int32", "int64",
+    "uint8", "uint16", "uint32", "uint64",
+    "bool", "complex64", "complex128",
+    "float8_e4m3fn", "float8_e5m2", "string",
+)  # fmt: skip
+VALID_NAMES = (*MIXED_POLICIES, *DTYPE_NAMES)
+# Prefixes of Keras's quantized policy names; those stay Keras's to build.
+QUANTIZED_PREFIXES = ("int8", "float8", "int4", "gptq", "awq")
+
+# Keras's own `get`, captured before the plugin can replace it: quantized
+# policies stay Keras's to build.
+_keras_get = keras.dtype_policies.get
+
+# `standardize_dtype` is called on every layer input; its answer depends only
+# on the dtype object (and on `floatx` for `None`, which is never cached).
+_DTYPE_CACHE: dict = {}
+
+
+def _standardize(dtype: Any) -> str:
+    try:
+        return _DTYPE_CACHE[dtype]
+    except (KeyError, TypeError):  # TypeError: an unhashable dtype object
+        name = keras.backend.standardize_dtype(dtype)
+        if dtype is not None:
+            try:
+                _DTYPE_CACHE[dtype] = name
+            except TypeError:
+                pass
+        return name
+
+
+def parse_name(name: Any) -> tuple[str, str]:
+    """Returns `(compute_dtype, variable_dtype)` for a policy name.
+
+    Raises the exceptions Keras raises for the same name: `TypeError` for a
+    non-string, `ValueError` (with Keras's message first) for an unknown one.
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            "'name' must be a string, such as 'mixed_float16'. "
+            f"Received: name={name!r} (of type {type(name)})"
+        )
+    if name in MIXED_POLICIES:
+        return MIXED_POLICIES[name]
+    try:
+        dtype = _standardize(name)
+    except ValueError:
+        hint = (
+            " Quantized policies are built by "
+            "`keras_policy_ext.dtype_policies.get`."
+            if name.startswith(QUANTIZED_PREFIXES)
+            else ""
+        )
+        raise ValueError(
+            f"Cannot convert '{name}' to a mixed precision DTypePolicy. "
+            "Valid policies include 'mixed_float16', 'mixed_bfloat16', and "
+            "the name of any float dtype such as 'float32'. Received: "
+            f"name={name!r}; valid names: {', '.join(VALID_NAMES)}.{hint}"
+        ) from None
+    return dtype, dtype
+
+
+def from_name(name: str) -> keras.DTypePolicy:
+    """A kpe policy for a float name, Keras's own for a quantized one."""
+    if name.startswith(QUANTIZED_PREFIXES):
+        return _keras_get(name)
+    return DTypePolicy(name)
+
+
+@keras.saving.register_keras_serializable(
+    package="keras_policy_ext", name="DTypePolicy"
+)
+class DTypePolicy(keras.DTypePolicy):
+    """An immutable dtype policy that stock Keras layers accept.
+
+    `name` is a Keras policy name (`"float32"`, `"mixed_float16"`,
+    `"mixed_bfloat16"`, any dtype name Keras accepts); `None` takes the name
+    of the current `keras_policy_ext.config.dtype_policy()`.
+
+    Equality means "same non-quantized dtypes": a policy equals any
+    non-quantized `keras.DTypePolicy`, kpe's or Keras's, with the same
+    `compute_dtype` and `variable_dtype`, in either operand order. Policies
+    are hashable (consistently with `==`), picklable and never mutated.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> policy = kpe.DTypePolicy("mixed_float16")
+    >>> policy
+    <DTypePolicy "mixed_float16">
+    >>> policy.compute_dtype, policy.variable_dtype
+    ('float16', 'float32')
+    >>> policy == keras.DTypePolicy("mixed_float16")
+    True
+    >>> keras.layers.Dense(4, dtype=policy).dtype_policy is policy
+    True
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        if name is None:
+            from keras_policy_ext import config
+
+            name = config.dtype_policy().name
+        compute_dtype, variable_dtype = parse_name(name)
+        # The underscore names are the ones Keras's own code reads.
+        set_ = object.__setattr__
+        set_(self, "_name", name)
+        set_(self, "_compute_dtype", compute_dtype)
+        set_(self, "_variable_dtype", variable_dtype)
+        set_(self, "_quantization_mode", None)
+
+    @property
+    def name(self) -> str:
+        """The policy's name, as given.
+
+        >>> import keras_policy_ext as kpe
+        >>> kpe.DTypePolicy("mixed_bfloat16").name
+        'mixed_bfloat16'
+        """
+        return self._name
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype layers compute in, and that their outputs have.
+
+        >>> import keras_policy_ext as kpe
+        >>> kpe.DTypePolicy("mixed_bfloat16").compute_dtype
+        'bfloat16'
+        """
+        return self._compute_dtype
+
+    @property
+    def variable_dtype(self) -> str:
+        """The dtype layers create their variables in.
+
+        >>> import keras_policy_ext as kpe
+        >>> kpe.DTypePolicy("mixed_bfloat16").variable_dtype
+        'float32'
+        """
+        return self._variable_dtype
+
+    @property
+    def quantization_mode(self) -> None:
+        """Always `None`: kpe policies are not quantized.
+
+        >>> import keras_policy_ext as kpe
+        >>> kpe.DTypePolicy("float32").quantization_mode is None
+        True
+        """
+        return None
+
+    def convert_input(self, x: Any, autocast: bool, dtype: Any) -> Any:
+        """Casts a floating input to `dtype` when `autocast` is true.
+
+        Accepts backend tensors, `KerasTensor`s, array-likes (converted to a
+        backend tensor, as Keras does) and Python scalars (returned as they
+        are). Integer and boolean inputs are never cast; a tensor that needs
+        no cast is returned itself.
+
+        >>> import keras, numpy as np, keras_policy_ext as kpe
+        >>> policy = kpe.DTypePolicy("mixed_bfloat16")
+        >>> y = policy.convert_input(np.ones(2, "float32"), True, "bfloat16")
+        >>> keras.backend.standardize_dtype(y.dtype)
+        'bfloat16'
+        >>> i = keras.ops.ones(2, dtype="int32")
+        >>> policy.convert_input(i, True, "bfloat16") is i
+        True
+        """
+        if ops.is_tensor(x) or keras.backend.is_keras_tensor(x):
+            if autocast:
+                return self._cast_if_float(x, _standardize(dtype))
+            return x
+        if hasattr(x, "__array__"):
+            dtype = _standardize(dtype)
+            try:
+                x = ops.convert_to_tensor(x)
+            except TypeError:
+                x = ops.convert_to_tensor(x, dtype=dtype)
+            return self._cast_if_float(x, dtype) if autocast else x
+        return x
+
+    @staticmethod
+    def _cast_if_float(x: Any, dtype: str) -> Any:
+        x_dtype = _standardize(x.dtype)
+        if x_dtype != dtype and keras.backend.is_float_dtype(x_dtype):
+            return ops.cast(x, dtype)
+        return x
+
+    def get_config(self) -> dict:
+        """The policy's config: `{"name": name}`.
+
+        >>> import keras_policy_ext as kpe
+        >>> config = kpe.DTypePolicy("float16").get_config()
+        >>> config
+        {'name': 'float16'}
+        >>> kpe.DTypePolicy.from_config(config)
+        <DTypePolicy "float16">
+        """
+        return {"name": self._name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> DTypePolicy:
+        """Builds a policy from `get_config()`'s output (see `get_config`)."""
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f'<DTypePolicy "{self._name}">'
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, keras.DTypePolicy) or isinstance(
+            other, keras.dtype_policies.DTypePolicyMap
+        ):
+            return NotImplemented
+        return (
+            other.quantization_mode is None
+            and self._compute_dtype == other.compute_dtype
+            and self._variable_dtype == other.variable_dtype
+        )
+
+    def __hash__(self) -> int:
+        return hash((DTypePolicy, self._compute_dtype, self._variable_dtype))
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        raise AttributeError(
+            f"{self!r} is immutable: cannot set {attr!r}. Build a new "
+            "policy instead."
+        )
+
+    def __delattr__(self, attr: str) -> None:
+        raise AttributeError(f"{self!r} is immutable: cannot delete {attr!r}.")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self._name,))
+
+    def __copy__(self) -> DTypePolicy:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> DTypePolicy:
+        return self
+
+
+FloatDTypePolicy = DTypePolicy

@@ -9,7 +9,7 @@
 
 from importlib.metadata import version as _version
 
-from keras_policy_ext import config, dtype_policies, mixed_precision
+from keras_policy_ext import config, dtype_policies, mixed_precision, testing
 from keras_policy_ext.plugin import install, installed, is_installed, uninstall
 from keras_policy_ext.policy import DTypePolicy, FloatDTypePolicy
 
@@ -24,5 +24,6 @@ __all__ = [
     "installed",
     "is_installed",
     "mixed_precision",
+    "testing",
     "uninstall",
 ]

@@ -49,6 +49,17 @@ def _mirror_to_keras() -> None:
     _keras_set_dtype_policy(dtype_policy())
 
 
+def _get_default() -> keras.DTypePolicy | None:
+    return _default
+
+
+def _set_default(policy: keras.DTypePolicy | None) -> None:
+    global _default
+    with _lock:
+        _default = policy
+        _mirror_to_keras()
+
+
 def dtype_policy() -> keras.DTypePolicy:
     """Returns the policy in force here: the innermost scope, else the default.
 
@@ -85,11 +96,7 @@ def set_dtype_policy(policy: keras.DTypePolicy | str) -> None:
     <DTypePolicy "mixed_bfloat16">
     >>> kpe.config.set_dtype_policy("float32")
     """
-    global _default
-    policy = _as_policy(policy)
-    with _lock:
-        _default = policy
-        _mirror_to_keras()
+    _set_default(_as_policy(policy))
 
 
 @contextlib.contextmanager

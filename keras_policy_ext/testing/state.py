@@ -1,0 +1,35 @@
+"""Saving and restoring every piece of global policy state."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import keras
+
+from keras_policy_ext import config, plugin
+
+
+@contextlib.contextmanager
+def clean_state() -> Iterator[None]:
+    """Restores kpe's default policy, the plugin and `floatx` on exit.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> with kpe.testing.clean_state():
+    ...     kpe.install()
+    ...     keras.config.set_floatx("float64")
+    >>> kpe.is_installed(), keras.config.floatx()
+    (False, 'float32')
+    """
+    default = config._get_default()
+    was_installed = plugin.is_installed()
+    floatx = keras.config.floatx()
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(floatx)
+        if was_installed:
+            plugin.install()
+        else:
+            plugin.uninstall()
+        config._set_default(default)

@@ -1,0 +1,106 @@
+"""Small real Keras models and their synthetic data, shared by the tests.
+
+Every builder uses only stock layers and takes its policy from the global
+(`dtype=None`), so the same code runs under any kpe policy or scope.
+"""
+
+import keras
+import numpy as np
+
+
+@keras.saving.register_keras_serializable(package="kpe_integration")
+class ResidualBlock(keras.Model):
+    """A subclassed model: Dense -> LayerNormalization with a residual."""
+
+    def __init__(self, units=8, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        # Sublayers follow the block's policy, also when it is reloaded.
+        policy = self.dtype_policy
+        self.dense = keras.layers.Dense(units, activation="relu", dtype=policy)
+        self.norm = keras.layers.LayerNormalization(dtype=policy)
+        self.head = keras.layers.Dense(4, dtype=policy)
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+        self.norm.build(input_shape)
+        self.head.build(input_shape)
+
+    def call(self, x):
+        return self.head(self.norm(x + self.dense(x)))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def sequential_mlp():
+    return keras.Sequential(
+        [
+            keras.Input((8,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.LayerNormalization(),
+            keras.layers.Dense(4),
+        ]
+    )
+
+
+def functional_conv():
+    x = inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(4)(x))
+
+
+def embedding_lstm():
+    x = inputs = keras.Input((5,), dtype="int32")
+    x = keras.layers.Embedding(20, 8)(x)
+    x = keras.layers.LSTM(8)(x)
+    return keras.Model(inputs, keras.layers.Dense(4)(x))
+
+
+def attention():
+    x = inputs = keras.Input((6, 8))
+    x = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
+    x = keras.layers.LayerNormalization()(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(4)(x))
+
+
+def subclassed():
+    model = ResidualBlock(8)
+    model.build((None, 8))
+    return model
+
+
+BUILDERS = {
+    "sequential_mlp": sequential_mlp,
+    "functional_conv": functional_conv,
+    "embedding_lstm": embedding_lstm,
+    "attention": attention,
+    "subclassed": subclassed,
+}
+INPUT_SHAPES = {
+    "sequential_mlp": (8,),
+    "functional_conv": (8, 8, 3),
+    "embedding_lstm": (5,),
+    "attention": (6, 8),
+    "subclassed": (8,),
+}
+
+
+def data(name, n=16, seed=0):
+    """Synthetic inputs and regression targets for the model `name`."""
+    rng = np.random.default_rng(seed)
+    shape = (n, *INPUT_SHAPES[name])
+    if name == "embedding_lstm":
+        x = rng.integers(0, 20, size=shape).astype("int32")
+    else:
+        x = rng.normal(size=shape).astype("float32")
+    y = rng.normal(size=(n, 4)).astype("float32")
+    return x, y
+
+
+def all_layers(model):
+    """Every layer below `model`, nested ones included (a Keras internal)."""
+    return list(model._flatten_layers(include_self=False))

@@ -1,6 +1,7 @@
 """Regenerates `data/<backend>.keras` and `data/<backend>.npz` for one backend.
 
-Run once per backend (`KERAS_BACKEND=jax python integration/make_saved_models.py`);
+Run once per backend from the repository root
+(`KERAS_BACKEND=jax python -m integration.make_saved_models`);
 `test_saving.py` loads every other backend's file on its own backend.
 """
 
@@ -8,7 +9,7 @@ import pathlib
 
 import keras
 import numpy as np
-from builders import BUILDERS, data
+from integration.builders import BUILDERS, data
 
 import keras_policy_ext as kpe
 

@@ -5,7 +5,7 @@ from contextlib import nullcontext
 
 import keras
 import pytest
-from builders import BUILDERS, all_layers, data
+from integration.builders import BUILDERS, all_layers, data
 
 import keras_policy_ext as kpe
 

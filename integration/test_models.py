@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from builders import BUILDERS, all_layers, data
+from integration.builders import BUILDERS, all_layers, data
 
 import keras_policy_ext as kpe
 

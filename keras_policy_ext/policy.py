@@ -22,29 +22,33 @@ DTYPE_NAMES = (
     "float8_e4m3fn", "float8_e5m2", "string",
 )  # fmt: skip
 VALID_NAMES = (*MIXED_POLICIES, *DTYPE_NAMES)
-# Prefixes of Keras's quantized policy names; those stay Keras's to build.
-QUANTIZED_PREFIXES = ("int8", "float8", "int4", "gptq", "awq")
+# Keras's quantized policy names read "<mode>_from_<source policy>"
+# ("int8_from_float32"); those stay Keras's to build.
+QUANTIZED_MARK = "_from_"
 
 # Keras's own `get`, captured before the plugin can replace it: quantized
 # policies stay Keras's to build.
 _keras_get = keras.dtype_policies.get
 
-# `standardize_dtype` is called on every layer input; its answer depends only
-# on the dtype object (and on `floatx` for `None`, which is never cached).
-_DTYPE_CACHE: dict = {}
+# `convert_input` runs on every layer input: the standardized name of a
+# dtype object and whether it is floating depend only on that object (and on
+# `floatx` for `None`, which is never cached), so they are computed once.
+_DTYPE_INFO: dict = {}
 
 
-def _standardize(dtype: Any) -> str:
+def _dtype_info(dtype: Any) -> tuple[str, bool]:
+    """`(standardized name, is floating)` of a dtype object, cached."""
     try:
-        return _DTYPE_CACHE[dtype]
+        return _DTYPE_INFO[dtype]
     except (KeyError, TypeError):  # TypeError: an unhashable dtype object
         name = keras.backend.standardize_dtype(dtype)
+        info = name, keras.backend.is_float_dtype(name)
         if dtype is not None:
             try:
-                _DTYPE_CACHE[dtype] = name
+                _DTYPE_INFO[dtype] = info
             except TypeError:
                 pass
-        return name
+        return info
 
 
 def parse_name(name: Any) -> tuple[str, str]:
@@ -61,12 +65,12 @@ def parse_name(name: Any) -> tuple[str, str]:
     if name in MIXED_POLICIES:
         return MIXED_POLICIES[name]
     try:
-        dtype = _standardize(name)
+        dtype = _dtype_info(name)[0]
     except ValueError:
         hint = (
             " Quantized policies are built by "
             "`keras_policy_ext.dtype_policies.get`."
-            if name.startswith(QUANTIZED_PREFIXES)
+            if QUANTIZED_MARK in name
             else ""
         )
         raise ValueError(
@@ -80,7 +84,7 @@ def parse_name(name: Any) -> tuple[str, str]:
 
 def from_name(name: str) -> keras.DTypePolicy:
     """A kpe policy for a float name, Keras's own for a quantized one."""
-    if name.startswith(QUANTIZED_PREFIXES):
+    if QUANTIZED_MARK in name:
         return _keras_get(name)
     return DTypePolicy(name)
 
@@ -183,22 +187,20 @@ class DTypePolicy(keras.DTypePolicy):
         True
         """
         if ops.is_tensor(x) or keras.backend.is_keras_tensor(x):
-            if autocast:
-                return self._cast_if_float(x, _standardize(dtype))
-            return x
-        if hasattr(x, "__array__"):
-            dtype = _standardize(dtype)
+            if not autocast:
+                return x
+        elif hasattr(x, "__array__"):
             try:
                 x = ops.convert_to_tensor(x)
             except TypeError:
-                x = ops.convert_to_tensor(x, dtype=dtype)
-            return self._cast_if_float(x, dtype) if autocast else x
-        return x
-
-    @staticmethod
-    def _cast_if_float(x: Any, dtype: str) -> Any:
-        x_dtype = _standardize(x.dtype)
-        if x_dtype != dtype and keras.backend.is_float_dtype(x_dtype):
+                x = ops.convert_to_tensor(x, dtype=_dtype_info(dtype)[0])
+            if not autocast:
+                return x
+        else:
+            return x
+        x_dtype, x_is_float = _dtype_info(x.dtype)
+        dtype = _dtype_info(dtype)[0]
+        if x_is_float and x_dtype != dtype:
             return ops.cast(x, dtype)
         return x
 

@@ -149,3 +149,9 @@ def test_stock_layers_keep_the_policy_object():
     assert layer.compute_dtype == "bfloat16"
     assert layer.variable_dtype == "float32"
     assert keras.backend.standardize_dtype(layer.kernel.dtype) == "float32"
+
+
+def test_float8_dtype_names_are_plain_policies_not_quantized_ones():
+    for name in ("float8_e4m3fn", "float8_e5m2", "int8"):
+        policy = kpe.dtype_policies.get(name)
+        assert type(policy) is kpe.DTypePolicy and policy.compute_dtype == name

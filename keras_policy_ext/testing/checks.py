@@ -1,0 +1,375 @@
+"""Conformance checks: does a layer store and compute in its policy's dtypes?
+
+`check_layer` builds a layer under each policy (inside
+`keras_policy_ext.config.policy_scope`), runs it, and reports every deviation
+as a `Finding`: variables (by the dtype the backend really holds), outputs,
+symbolic (functional `KerasTensor`) against eager dtypes, one training step
+through `train_on_batch`, numerics against a float32 run with the same
+weights, non-finite values, and errors building or calling the layer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_policy_ext import config
+from keras_policy_ext.validation import validate
+
+DEFAULT_POLICIES = (
+    "float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16",
+)  # fmt: skip
+
+# Largest accepted max-abs error of an output relative to the max-abs of a
+# float32 run with the same weights and inputs. A compute dtype with unit
+# roundoff u accumulates about sqrt(n) * u over a reduction of n terms; the
+# zoo's reductions have at most a few hundred terms, so about 20 u is allowed:
+# float16 (u = 2**-11 ~ 4.9e-4) -> 1e-2, bfloat16 (u = 2**-8 ~ 3.9e-3) ->
+# 8e-2. float32 and float64 are held to float32's own agreement across
+# kernels (1e-5): float64 is compared against the float32 run.
+TOLERANCES = {"float16": 1e-2, "bfloat16": 8e-2, "float32": 1e-5, "float64": 1e-5}
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One deviation: which layer, policy and backend, what was expected and seen."""
+
+    layer: str
+    policy: str
+    source: str
+    backend: str
+    check: str
+    expected: str
+    seen: str
+    short: str  # a few words for a table cell
+
+    def __str__(self) -> str:
+        return (
+            f"{self.layer} under {self.source} {self.policy!r} on {self.backend}: "
+            f"{self.check}: expected {self.expected}, saw {self.seen}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseResult:
+    """The findings of one layer under one policy on one backend."""
+
+    layer: str
+    policy: str
+    source: str  # "kpe" or "keras": whose policy class was checked
+    backend: str
+    findings: tuple[Finding, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.findings
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """All cases of a check; `ok` when no case has a finding.
+
+    >>> import keras, numpy as np, keras_policy_ext as kpe
+    >>> report = kpe.testing.check_layer(
+    ...     lambda: keras.layers.Dense(3), np.ones((2, 4), "float32"),
+    ...     policies=["mixed_bfloat16"], train=False)
+    >>> report.ok, len(report.cases)
+    (True, 1)
+    >>> sorted(report.to_dict())
+    ['cases', 'ok']
+    """
+
+    cases: tuple[CaseResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(case.ok for case in self.cases)
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [f for case in self.cases for f in case.findings]
+
+    def to_dict(self) -> dict:
+        return {"ok": self.ok, "cases": [dataclasses.asdict(c) for c in self.cases]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Report:
+        return cls(
+            tuple(
+                CaseResult(
+                    **{**c, "findings": tuple(Finding(**f) for f in c["findings"])}
+                )
+                for c in data["cases"]
+            )
+        )
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"{len(self.cases)} case(s), all conform"
+        return "\n".join(
+            [f"{len(self.findings)} finding(s) in {len(self.cases)} case(s):"]
+            + [f"- {f}" for f in self.findings]
+        )
+
+
+class ConformanceError(AssertionError):
+    """Raised by `assert_conforms`; its message lists every finding."""
+
+
+def _dtype(x: Any) -> str:
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def _is_float(x: Any) -> bool:
+    return hasattr(x, "dtype") and keras.backend.is_float_dtype(_dtype(x))
+
+
+def _numpy32(x: Any) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(ops.cast(x, "float32")), np.float64)
+
+
+def _error(e: BaseException) -> str:
+    """`Type: first informative line`, past Keras's "Exception encountered" header."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", l).strip() for l in str(e).splitlines()]
+    lines = [l for l in lines if l]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        lines = lines[1:]
+    return f"{type(e).__name__}: {lines[0][:160] if lines else ''}"
+
+
+def _as_args(inputs: Any) -> tuple:
+    return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def _policy(policy: Any, source: str) -> keras.DTypePolicy:
+    if source == "keras":
+        name = policy.name if isinstance(policy, keras.DTypePolicy) else policy
+        return keras.DTypePolicy(name)
+    return config._as_policy(policy)
+
+
+class _Case:
+    """Checks one layer factory under one policy; collects findings."""
+
+    def __init__(self, label, factory, args, policy, source, options):
+        self.label, self.factory, self.args = label, factory, args
+        self.policy, self.source, self.options = policy, source, options
+        self.backend = keras.backend.backend()
+        self.findings: list[Finding] = []
+
+    def finding(self, check: str, expected: str, seen: str, short: str) -> None:
+        self.findings.append(
+            Finding(
+                self.label, self.policy.name, self.source, self.backend,
+                check, expected, seen, short,
+            )
+        )  # fmt: skip
+
+    def build(self) -> keras.Layer:
+        with config.policy_scope(self.policy):
+            return self.factory()
+
+    def run(self) -> CaseResult:
+        ok, reason = validate(self.policy)
+        if not ok:
+            self.finding("validate", "a policy this backend supports", reason, "unsupported")
+        try:
+            layer = self.build()
+            outputs = layer(*self.args)
+        except Exception as e:
+            self.finding("call", "the layer builds and runs", _error(e), f"error {type(e).__name__}")
+        else:
+            self.check_variables(layer)
+            eager = self.check_outputs(outputs)
+            self.check_symbolic(layer, eager)
+            if self.options["numerics"]:
+                self.check_numerics(layer, outputs)
+            if self.options["train"] and layer.trainable_weights:
+                self.check_training_step(layer)
+        return CaseResult(
+            self.label, self.policy.name, self.source, self.backend,
+            tuple(self.findings),
+        )  # fmt: skip
+
+    def check_variables(self, layer, when: str = "") -> None:
+        overrides = self.options["variable_dtypes"]
+        for v in layer.weights:
+            if not keras.backend.is_float_dtype(_dtype(v)):
+                continue
+            expected = next(
+                (d for k, d in overrides.items() if v.path == k or v.path.endswith("/" + k)),
+                self.policy.variable_dtype,
+            )
+            declared, held = _dtype(v), _dtype(v.value)
+            if declared != expected:
+                self.finding("variable", expected, f"{v.path} is {declared}{when}", f"var {declared}")
+            elif held != expected:
+                self.finding(
+                    "variable", expected, f"{v.path} holds {held}{when} (declares {declared})",
+                    f"var holds {held}",
+                )
+
+    def check_outputs(self, outputs) -> list[str]:
+        flat = keras.tree.flatten(outputs)
+        for i, y in enumerate(flat):
+            if _is_float(y) and _dtype(y) != self.policy.compute_dtype:
+                self.finding(
+                    "output", self.policy.compute_dtype, f"output {i} is {_dtype(y)}",
+                    f"out {_dtype(y)}",
+                )
+            if _is_float(y) and not np.isfinite(_numpy32(y)).all():
+                self.finding("finite", "finite outputs", f"NaN or Inf in output {i}", "NaN/Inf")
+        return [_dtype(y) if hasattr(y, "dtype") else type(y).__name__ for y in flat]
+
+    def check_symbolic(self, layer, eager: list[str]) -> None:
+        symbolic_args = keras.tree.map_structure(
+            lambda a: keras.KerasTensor(np.shape(a), keras.backend.standardize_dtype(a.dtype)),
+            self.args,
+        )
+        try:
+            with config.policy_scope(self.policy):
+                flat = keras.tree.flatten(layer(*symbolic_args))
+        except Exception as e:
+            self.finding(
+                "symbolic", "the layer runs on KerasTensors", _error(e),
+                f"symbolic error {type(e).__name__}",
+            )
+            return
+        for i, (s, e) in enumerate(zip([_dtype(s) for s in flat], eager)):
+            if s != e:
+                self.finding("symbolic", f"KerasTensor {i} is {e}, as eagerly", s, f"symbolic {s}")
+
+    def check_numerics(self, layer, outputs) -> None:
+        if (self.policy.compute_dtype, self.policy.variable_dtype) == ("float32", "float32"):
+            return  # it is the reference
+        tolerance = self.options["tolerances"].get(self.policy.compute_dtype)
+        if tolerance is None:
+            return
+        try:
+            with config.policy_scope("float32"):
+                reference = self.factory()
+                reference(*self.args)
+                reference.set_weights(
+                    [_numpy32(w) if _is_float(w) else ops.convert_to_numpy(w)
+                     for w in layer.weights]
+                )  # fmt: skip
+                expected = keras.tree.flatten(reference(*self.args))
+        except Exception as e:
+            self.finding(
+                "numerics", "a float32 reference run", _error(e), "no reference"
+            )
+            return
+        for i, (y, r) in enumerate(zip(keras.tree.flatten(outputs), expected)):
+            if not (_is_float(y) and _is_float(r)):
+                continue
+            r32 = _numpy32(r)
+            error = np.max(np.abs(_numpy32(y) - r32)) / max(np.max(np.abs(r32)), 1e-30)
+            if not error <= tolerance:
+                self.finding(
+                    "numerics",
+                    f"relative error <= {tolerance:g}",
+                    f"{error:.3g} in output {i}",
+                    f"rel err {error:.2g}",
+                )
+
+    def check_training_step(self, layer) -> None:
+        x = [np.asarray(a) for a in keras.tree.flatten(self.args)]
+        try:
+            with config.policy_scope(self.policy):
+                inputs = [
+                    keras.Input(batch_shape=a.shape, dtype=str(a.dtype)) for a in x
+                ]
+                structured = keras.tree.pack_sequence_as(self.args, inputs)
+                output = keras.tree.flatten(layer(*structured))[0]
+                model = keras.Model(inputs, output)
+                model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
+            target = np.random.default_rng(0).normal(size=output.shape).astype("float32")
+            before = [_numpy32(v) for v in layer.trainable_weights]
+            model.train_on_batch(x, target)
+        except Exception as e:
+            self.finding(
+                "train", "one train_on_batch step runs", _error(e),
+                f"train error {type(e).__name__}",
+            )
+            return
+        self.check_variables(layer, when=" after a training step")
+        after = [_numpy32(v) for v in layer.trainable_weights]
+        if not all(np.isfinite(a).all() for a in after):
+            self.finding("train", "finite updates", "NaN or Inf in a variable", "train NaN/Inf")
+        elif all(np.array_equal(a, b) for a, b in zip(after, before)):
+            self.finding("train", "a non-zero update", "no variable changed", "no update")
+
+
+def check_layer(
+    factory: Callable[[], keras.Layer],
+    inputs: Any,
+    policies: Iterable[Any] = DEFAULT_POLICIES,
+    *,
+    name: str | None = None,
+    sources: Sequence[str] = ("kpe",),
+    train: bool = True,
+    numerics: bool = True,
+    tolerances: dict[str, float] | None = None,
+    variable_dtypes: dict[str, str] | None = None,
+) -> Report:
+    """Checks a layer under each policy on the running backend.
+
+    `factory()` is called inside `policy_scope(policy)` and returns the layer
+    or model (built with `dtype=None`, so it takes the scope's policy).
+    `inputs` is what the layer is called with: an array, or a tuple of
+    positional arguments (arrays, or lists of arrays for merge layers).
+    `sources` picks whose policy class is checked: `"kpe"`, `"keras"` (Keras's
+    own `keras.DTypePolicy`, for comparison) or both. `tolerances` overrides
+    `TOLERANCES` per compute dtype; `variable_dtypes` maps variable paths (or
+    their last parts, such as `"moving_mean"`) to the dtype a layer documents
+    for them instead of the policy's.
+
+    >>> import keras, numpy as np, keras_policy_ext as kpe
+    >>> class CastsToFloat32(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return keras.ops.cast(x, "float32")
+    >>> report = kpe.testing.check_layer(
+    ...     CastsToFloat32, np.ones((2, 3), "float32"), ["mixed_float16"])
+    >>> print(report.findings[0])
+    CastsToFloat32 under kpe 'mixed_float16' on ...: output: expected float16, saw output 0 is float32
+    """
+    label = name or getattr(factory, "__name__", type(factory).__name__)
+    options = {
+        "train": train,
+        "numerics": numerics,
+        "tolerances": {**TOLERANCES, **(tolerances or {})},
+        "variable_dtypes": dict(variable_dtypes or {}),
+    }
+    args = _as_args(inputs)
+    cases = [
+        _Case(label, factory, args, _policy(p, source), source, options).run()
+        for p in policies
+        for source in sources
+    ]
+    return Report(tuple(cases))
+
+
+def assert_conforms(
+    factory: Callable[[], keras.Layer], inputs: Any, policies: Iterable[Any] = DEFAULT_POLICIES, **kwargs: Any
+) -> Report:
+    """`check_layer`, raising `ConformanceError` listing every finding.
+
+    >>> import keras, numpy as np, keras_policy_ext as kpe
+    >>> _ = kpe.testing.assert_conforms(
+    ...     lambda: keras.layers.LayerNormalization(), np.ones((2, 4), "float32"),
+    ...     ["float32", "mixed_bfloat16"])
+    """
+    report = check_layer(factory, inputs, policies, **kwargs)
+    if not report.ok:
+        raise ConformanceError(str(report))
+    return report

@@ -1,0 +1,78 @@
+"""`validate`: what a backend cannot do with a policy, known before training."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, NamedTuple
+
+import keras
+
+from keras_policy_ext import dtype_policies
+
+BACKENDS = ("jax", "tensorflow", "torch")
+_FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
+
+
+class Validation(NamedTuple):
+    """`validate`'s answer: `ok`, and why not when it is not."""
+
+    ok: bool
+    reason: str
+
+
+def _jax_x64_enabled(backend: str) -> bool:
+    if backend == keras.backend.backend():
+        # Ask the running backend what a float64 tensor really holds (JAX
+        # warns that it truncates: that is the answer, not news).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            probe = keras.ops.zeros((), dtype="float64")
+        return keras.backend.standardize_dtype(probe.dtype) == "float64"
+    return os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true")
+
+
+def validate(policy: Any, backend: str | None = None) -> Validation:
+    """Says whether `backend` (default: the running one) can honour `policy`.
+
+    Returns `(ok, reason)`; `reason` is empty when `ok`. Float policies are
+    checked: float64 on JAX needs x64 enabled (`JAX_ENABLE_X64=1`), or its
+    float64 variables silently hold float32; float8 is no compute dtype;
+    a non-floating compute dtype cannot run float layers.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> kpe.validate("mixed_bfloat16")
+    Validation(ok=True, reason='')
+    >>> kpe.validate("float64", backend="jax")  # with JAX_ENABLE_X64 unset
+    Validation(ok=False, reason="'float64' on jax: x64 is disabled, ...")
+    """
+    backend = keras.backend.backend() if backend is None else backend
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"Unknown backend: backend={backend!r}; valid backends: "
+            f"{', '.join(BACKENDS)}."
+        )
+    policy = dtype_policies.get(policy)
+    if policy.quantization_mode is not None:
+        return Validation(True, "")
+    dtypes = {policy.compute_dtype, policy.variable_dtype}
+    if "float64" in dtypes and backend == "jax" and not _jax_x64_enabled(backend):
+        return Validation(
+            False,
+            f"{policy.name!r} on jax: x64 is disabled, so float64 variables and "
+            "tensors silently hold float32; set JAX_ENABLE_X64=1 before "
+            "importing jax.",
+        )
+    if policy.compute_dtype in _FLOAT8:
+        return Validation(
+            False,
+            f"{policy.name!r}: {policy.compute_dtype} is a storage format, not a "
+            "compute dtype; use a float8 quantized policy instead.",
+        )
+    if not keras.backend.is_float_dtype(policy.compute_dtype):
+        return Validation(
+            False,
+            f"{policy.name!r}: compute dtype {policy.compute_dtype} is not "
+            "floating, so layers with float weights cannot compute in it.",
+        )
+    return Validation(True, "")

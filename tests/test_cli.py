@@ -1,0 +1,157 @@
+"""`keras-policy-ext`: exit codes, formats, targets, skipped backends, doctest."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+
+import keras
+import pytest
+
+import keras_policy_ext as kpe
+from keras_policy_ext.cli import main
+
+BACKEND = keras.backend.backend()
+ONE = ["--backends", BACKEND, "--policies", "float32,mixed_bfloat16"]
+
+TARGETS = textwrap.dedent(
+    """
+    import keras
+    import numpy as np
+
+    class CastsToFloat32(keras.layers.Layer):
+        def call(self, x):
+            return keras.ops.cast(x, "float32")
+
+    def wrong():
+        return CastsToFloat32(), np.ones((2, 3), "float32")
+
+    def good():
+        return keras.layers.Dense(2), np.ones((2, 3), "float32")
+
+    def not_a_pair():
+        return keras.layers.Dense(2)
+
+    def broken():
+        raise RuntimeError("cannot build")
+    """
+)
+
+
+def cli(*args, tmp_path=None):
+    env = dict(os.environ)
+    if tmp_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "keras_policy_ext.cli", *args],
+        capture_output=True, text=True, env=env, timeout=900,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def targets(tmp_path):
+    (tmp_path / "kpe_cli_targets.py").write_text(TARGETS)
+    return tmp_path
+
+
+def test_version_and_info(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert kpe.__version__ in capsys.readouterr().out
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert f"backend          {BACKEND}" in out and keras.__version__ in out
+
+
+def test_check_zoo_layers_that_conform_exits_0():
+    result = cli("check", *ONE, "--layers", "Dense,Softmax")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["layer", "policy", BACKEND]
+    rows = [l.split() for l in lines[2:-2]]
+    assert {(r[0], r[1]) for r in rows} == {
+        (layer, policy)
+        for layer in ("Dense", "Softmax")
+        for policy in ("float32", "mixed_bfloat16")
+    }
+    assert all(r[2] == "ok" for r in rows)
+    assert lines[-1].startswith("CONFORMS: 8 cases on " + BACKEND)  # kpe and keras
+
+
+def test_check_a_wrong_target_exits_1_and_names_the_deviation(targets):
+    result = cli("check", "kpe_cli_targets:wrong", *ONE, tmp_path=targets)
+    assert result.returncode == 1, result.stderr
+    row = [l for l in result.stdout.splitlines() if "mixed_bfloat16" in l][0]
+    assert row.split()[:2] == ["kpe_cli_targets:wrong", "mixed_bfloat16"]
+    assert "out float32" in row
+    assert "DOES NOT CONFORM" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("no_such_module_kpe:make", "cannot import 'no_such_module_kpe'"),
+        ("kpe_cli_targets:missing", "has no attribute 'missing'"),
+        ("kpe_cli_targets", "expected 'module:callable'"),
+        ("kpe_cli_targets:not_a_pair", "must return (layer, inputs)"),
+        ("kpe_cli_targets:broken", "failed to build: RuntimeError: cannot build"),
+    ],
+)
+def test_a_target_that_cannot_be_imported_or_built_exits_2(targets, target, message):
+    result = cli("check", target, *ONE, tmp_path=targets)
+    assert result.returncode == 2
+    assert message in result.stderr and result.stdout == ""
+
+
+def test_usage_errors_exit_2():
+    assert cli("check", "--backends", "nope").returncode == 2
+    result = cli("check", "--backends", BACKEND, "--layers", "NoSuchLayer")
+    assert result.returncode == 2 and "no zoo layer matches NoSuchLayer" in result.stderr
+    result = cli("check", "--backends", BACKEND, "--layers", "Dense", "--policies", "float33")
+    assert result.returncode == 2 and "float33" in result.stderr
+
+
+def test_json_and_junit_formats_and_output_file(targets, tmp_path):
+    out = tmp_path / "report.json"
+    result = cli("check", "kpe_cli_targets:wrong", *ONE, "--format", "json",
+                 "--output", str(out), tmp_path=targets)  # fmt: skip
+    assert result.returncode == 1
+    assert result.stdout.startswith("DOES NOT CONFORM")  # only the summary
+    data = json.loads(out.read_text())
+    assert data["ok"] is False
+    cases = data["backends"][BACKEND]["cases"]
+    assert {(c["policy"], c["source"], bool(c["findings"])) for c in cases} == {
+        ("float32", "kpe", False), ("float32", "keras", False),
+        ("mixed_bfloat16", "kpe", True), ("mixed_bfloat16", "keras", True),
+    }  # fmt: skip
+    result = cli("check", "kpe_cli_targets:wrong", *ONE, "--format", "junit", tmp_path=targets)
+    suite = ET.fromstring(result.stdout).find("testsuite")
+    assert suite.get("name") == BACKEND
+    assert (suite.get("tests"), suite.get("failures")) == ("4", "2")
+    failure = suite.find("testcase/failure")
+    assert "output: expected bfloat16, saw output 0 is float32" in failure.text
+
+
+def test_backends_not_installed_are_listed_as_skipped():
+    result = cli("check", "--layers", "Softmax", "--policies", "float32", "--kpe-only")
+    missing = [b for b in ("jax", "tensorflow", "torch") if importlib.util.find_spec(b) is None]
+    summary = result.stdout.splitlines()[-1]
+    for backend in missing:
+        assert f"{backend} ({backend} is not installed)" in summary
+    header = result.stdout.splitlines()[0].split()
+    assert header == ["layer", "policy", "jax", "tensorflow", "torch"]
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_doctest_command(tmp_path):
+    good, bad = tmp_path / "good.md", tmp_path / "bad.md"
+    good.write_text(">>> 1 + 1\n2\n")
+    bad.write_text(">>> 1 + 1\n3\n")
+    ok = cli("doctest", "--backends", BACKEND, str(good))
+    assert ok.returncode == 0 and f"{BACKEND}: 1 passed" in ok.stdout
+    failed = cli("doctest", "--backends", BACKEND, str(good), str(bad))
+    assert failed.returncode == 1 and "FAILED" in failed.stdout

@@ -7,6 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_policy_ext import grammar
+
 # Policy names that are not a single dtype: name -> (compute, variable).
 MIXED_POLICIES = {
     "mixed_float16": ("float16", "float32"),
@@ -51,19 +53,23 @@ def _dtype_info(dtype: Any) -> tuple[str, bool]:
         return info
 
 
-def parse_name(name: Any) -> tuple[str, str]:
-    """Returns `(compute_dtype, variable_dtype)` for a policy name.
+def parse_name(name: Any) -> tuple[str, str, str]:
+    """Returns `(name, compute_dtype, variable_dtype)` for a policy name.
 
-    Raises the exceptions Keras raises for the same name: `TypeError` for a
-    non-string, `ValueError` (with Keras's message first) for an unknown one.
+    Keras's names keep their spelling; a role-grammar spec
+    (`keras_policy_ext.grammar`) gets its canonical name. Raises what Keras
+    raises for the same name: `TypeError` for a non-string, `ValueError`
+    (with Keras's message first) for an unknown one.
     """
     if not isinstance(name, str):
         raise TypeError(
             "'name' must be a string, such as 'mixed_float16'. "
             f"Received: name={name!r} (of type {type(name)})"
         )
+    if grammar.is_role_spec(name):
+        return grammar.parse_roles(name)
     if name in MIXED_POLICIES:
-        return MIXED_POLICIES[name]
+        return (name, *MIXED_POLICIES[name])
     try:
         dtype = _dtype_info(name)[0]
     except ValueError:
@@ -77,9 +83,10 @@ def parse_name(name: Any) -> tuple[str, str]:
             f"Cannot convert '{name}' to a mixed precision DTypePolicy. "
             "Valid policies include 'mixed_float16', 'mixed_bfloat16', and "
             "the name of any float dtype such as 'float32'. Received: "
-            f"name={name!r}; valid names: {', '.join(VALID_NAMES)}.{hint}"
+            f"name={name!r}; valid names: {', '.join(VALID_NAMES)}, or roles "
+            f"such as 'params=float32,compute=bfloat16'.{hint}"
         ) from None
-    return dtype, dtype
+    return name, dtype, dtype
 
 
 def from_name(name: str) -> keras.DTypePolicy:
@@ -96,8 +103,10 @@ class DTypePolicy(keras.DTypePolicy):
     """An immutable dtype policy that stock Keras layers accept.
 
     `name` is a Keras policy name (`"float32"`, `"mixed_float16"`,
-    `"mixed_bfloat16"`, any dtype name Keras accepts); `None` takes the name
-    of the current `keras_policy_ext.config.dtype_policy()`.
+    `"mixed_bfloat16"`, any dtype name Keras accepts), or roles as jmp
+    writes them (`"params=float32,compute=bfloat16"`, `"p=f32,c=bf16"`; see
+    `keras_policy_ext.grammar`); `None` takes the name of the current
+    `keras_policy_ext.config.dtype_policy()`. `DTypePolicy(str(p)) == p`.
 
     Equality means "same non-quantized dtypes": a policy equals any
     non-quantized `keras.DTypePolicy`, kpe's or Keras's, with the same
@@ -110,8 +119,10 @@ class DTypePolicy(keras.DTypePolicy):
     <DTypePolicy "mixed_float16">
     >>> policy.compute_dtype, policy.variable_dtype
     ('float16', 'float32')
-    >>> policy == keras.DTypePolicy("mixed_float16")
+    >>> policy == keras.DTypePolicy("mixed_float16") == kpe.DTypePolicy("p=f32,c=f16")
     True
+    >>> kpe.DTypePolicy("params=float64,compute=float32")
+    <DTypePolicy "params=float64,compute=float32">
     >>> keras.layers.Dense(4, dtype=policy).dtype_policy is policy
     True
     """
@@ -121,7 +132,7 @@ class DTypePolicy(keras.DTypePolicy):
             from keras_policy_ext import config
 
             name = config.dtype_policy().name
-        compute_dtype, variable_dtype = parse_name(name)
+        name, compute_dtype, variable_dtype = parse_name(name)
         # The underscore names are the ones Keras's own code reads.
         set_ = object.__setattr__
         set_(self, "_name", name)
@@ -223,6 +234,9 @@ class DTypePolicy(keras.DTypePolicy):
 
     def __repr__(self) -> str:
         return f'<DTypePolicy "{self._name}">'
+
+    def __str__(self) -> str:
+        return self._name
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, keras.DTypePolicy) or isinstance(

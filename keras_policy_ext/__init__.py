@@ -12,6 +12,7 @@ from importlib.metadata import version as _version
 from keras_policy_ext import config, dtype_policies, mixed_precision, testing
 from keras_policy_ext.plugin import install, installed, is_installed, uninstall
 from keras_policy_ext.policy import DTypePolicy, FloatDTypePolicy
+from keras_policy_ext.retarget import load_model, retarget
 from keras_policy_ext.validation import Validation, validate
 
 __version__ = _version("keras-policy-ext")
@@ -24,7 +25,9 @@ __all__ = [
     "install",
     "installed",
     "is_installed",
+    "load_model",
     "mixed_precision",
+    "retarget",
     "testing",
     "uninstall",
     "validate",

@@ -1,0 +1,99 @@
+"""Retargeting the integration models to another policy, and loading with one."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_policy_ext as kpe
+from integration.builders import BUILDERS, all_layers, data
+from keras_policy_ext.testing import TOLERANCES
+
+BACKEND = keras.backend.backend()
+CASES = [
+    ("mixed_float16", "float32"),
+    ("mixed_float16", "mixed_bfloat16"),
+    ("float32", "mixed_bfloat16"),
+]
+
+
+def as_numpy(y):
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(y, "float32")), np.float64)
+
+
+def policies(model):
+    return [l.dtype_policy for l in all_layers(model) if not isinstance(l, keras.layers.InputLayer)]
+
+
+def weights(model):
+    return [as_numpy(w) for w in model.weights]
+
+
+@pytest.mark.parametrize("source, target", CASES)
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_retarget(name, source, target):
+    keras.utils.set_random_seed(0)
+    with kpe.config.policy_scope(source):
+        model = BUILDERS[name]()
+    x, _ = data(name, n=4)
+    before = weights(model)
+    y = as_numpy(model(x))
+
+    new = kpe.retarget(model, target)
+
+    expected = kpe.DTypePolicy(target)
+    assert policies(new) and all(p == expected for p in policies(new))
+    assert all(p == kpe.DTypePolicy(source) for p in policies(model))  # untouched
+    for old, fresh, saved in zip(model.weights, new.weights, before):
+        if keras.backend.is_float_dtype(old.dtype):
+            assert keras.backend.standardize_dtype(fresh.dtype) == expected.variable_dtype
+        np.testing.assert_array_equal(as_numpy(old), saved)
+    y_new = new(x)
+    assert keras.backend.standardize_dtype(y_new.dtype) == expected.compute_dtype
+    tolerance = max(
+        TOLERANCES[kpe.DTypePolicy(source).compute_dtype], TOLERANCES[expected.compute_dtype]
+    )
+    error = np.max(np.abs(as_numpy(y_new) - y)) / np.max(np.abs(y))
+    assert error <= tolerance, error
+
+
+@pytest.mark.parametrize("target", ["float32", "mixed_bfloat16"])
+def test_load_a_mixed_float16_file_as_another_policy(target, tmp_path):
+    with kpe.config.policy_scope("mixed_float16"):
+        model = BUILDERS["functional_conv"]()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    x, _ = data("functional_conv", n=4)
+    loaded = kpe.load_model(path, target)
+    assert all(p == kpe.DTypePolicy(target) for p in policies(loaded))
+    y, y_new = as_numpy(model(x)), as_numpy(loaded(x))
+    assert np.max(np.abs(y_new - y)) / np.max(np.abs(y)) <= TOLERANCES["bfloat16"]
+
+
+class NoConfig(keras.Model):
+    """A subclassed model whose constructor argument is not in its config."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(units)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_a_model_that_cannot_rebuild_itself_is_a_clear_error():
+    model = NoConfig(3)
+    model(np.ones((1, 4), "float32"))
+    with pytest.raises(ValueError, match="cannot be rebuilt from its get_config"):
+        kpe.retarget(model, "float32")
+
+
+def test_nested_models_and_wrapped_layers_follow_the_new_policy():
+    with kpe.config.policy_scope("mixed_float16"):
+        inner = keras.Sequential([keras.Input((5, 4)), keras.layers.Dense(3)])
+        inputs = keras.Input((5, 4))
+        x = keras.layers.Bidirectional(keras.layers.GRU(2, return_sequences=True))(inner(inputs))
+        model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    new = kpe.retarget(model, "mixed_bfloat16")
+    found = policies(new)
+    assert len(found) == len(policies(model)) >= 6  # Bidirectional's GRUs and cells too
+    assert all(p == kpe.DTypePolicy("mixed_bfloat16") for p in found)

@@ -1,0 +1,108 @@
+"""Retargeting: the same model, rebuilt under another policy, weights carried over."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import keras
+from keras import ops
+
+from keras_policy_ext import config, dtype_policies
+
+
+def _replace_policies(node: Any, policy: keras.DTypePolicy) -> Any:
+    """A copy of a model config with every float layer policy set to `policy`.
+
+    `InputLayer`s keep their dtype (a tensor dtype, not a policy); quantized
+    policies and `DTypePolicyMap`s are left as they are.
+    """
+    if isinstance(node, list):
+        return [_replace_policies(item, policy) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("class_name") == "InputLayer":
+        return node
+    out = {k: _replace_policies(v, policy) for k, v in node.items()}
+    if "dtype" in node and _is_float_policy(node["dtype"]):
+        out["dtype"] = dtype_policies.serialize(policy)
+    return out
+
+
+def _is_float_policy(value: Any) -> bool:
+    if not isinstance(value, (str, dict)):
+        return False
+    try:
+        found = dtype_policies.get(value)
+    except (TypeError, ValueError):
+        return False
+    return (
+        found.quantization_mode is None
+        and not isinstance(found, keras.dtype_policies.DTypePolicyMap)
+        and keras.backend.is_float_dtype(found.compute_dtype)
+    )
+
+
+def retarget(model: keras.Model, policy: keras.DTypePolicy | str) -> keras.Model:
+    """A new model of the same architecture whose layers follow `policy`.
+
+    Works for Sequential, functional and registered subclassed models (those
+    that round-trip through `get_config` / `from_config`). The weights are
+    carried over, cast to the new variable dtypes; `model` is untouched. The
+    new model is not compiled.
+
+    >>> import keras, numpy as np, keras_policy_ext as kpe
+    >>> with kpe.config.policy_scope("mixed_float16"):
+    ...     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> exported = kpe.retarget(model, "float32")
+    >>> exported.layers[0].dtype_policy, model.layers[0].dtype_policy
+    (<DTypePolicy "float32">, <DTypePolicy "mixed_float16">)
+    >>> x = np.ones((1, 4), "float32")
+    >>> as_numpy = lambda y: keras.ops.convert_to_numpy(keras.ops.cast(y, "float32"))
+    >>> np.allclose(as_numpy(exported(x)), as_numpy(model(x)), atol=1e-2)
+    True
+    """
+    policy = config._as_policy(policy)
+    with config.policy_scope(policy):
+        try:
+            model_config = _replace_policies(model.get_config(), policy)
+            new = type(model).from_config(model_config)
+        except Exception as e:
+            raise ValueError(
+                f"Cannot retarget {model.name!r}: {type(model).__name__} cannot be "
+                f"rebuilt from its get_config() ({type(e).__name__}: {e}); a "
+                "subclassed model needs get_config() with its constructor "
+                "arguments."
+            ) from e
+        build_config = model.get_build_config()
+        if not new.built and build_config:
+            new.build_from_config(build_config)
+    old_weights, new_weights = model.weights, new.weights
+    if [tuple(w.shape) for w in old_weights] != [tuple(w.shape) for w in new_weights]:
+        raise ValueError(
+            f"Cannot retarget {model.name!r}: its rebuilt copy has other weights "
+            f"({len(new_weights)} against {len(old_weights)}, or other shapes); "
+            "a subclassed model must rebuild itself from get_config()."
+        )
+    for old, fresh in zip(old_weights, new_weights):
+        fresh.assign(ops.cast(old.value, fresh.dtype))
+    return new
+
+
+def load_model(
+    filepath: str | os.PathLike, policy: keras.DTypePolicy | str, **kwargs: Any
+) -> keras.Model:
+    """Loads a `.keras` file and retargets it to `policy` in one call.
+
+    `kwargs` go to `keras.saving.load_model` (`custom_objects`, ...).
+
+    >>> import os, tempfile, keras, keras_policy_ext as kpe
+    >>> with kpe.config.policy_scope("mixed_float16"):
+    ...     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     model.save(os.path.join(tmp, "m.keras"))
+    ...     served = kpe.load_model(os.path.join(tmp, "m.keras"), "mixed_bfloat16")
+    >>> served.layers[0].dtype_policy
+    <DTypePolicy "mixed_bfloat16">
+    """
+    return retarget(keras.saving.load_model(filepath, **kwargs), policy)

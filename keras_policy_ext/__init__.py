@@ -9,10 +9,11 @@
 
 from importlib.metadata import version as _version
 
-from keras_policy_ext import config, dtype_policies, mixed_precision, testing
+from keras_policy_ext import config, dtype_policies, mixed_precision, rules, testing
 from keras_policy_ext.plugin import install, installed, is_installed, uninstall
 from keras_policy_ext.policy import DTypePolicy, FloatDTypePolicy
 from keras_policy_ext.retarget import load_model, retarget
+from keras_policy_ext.rules import Rule, Rules, explain, with_float32_outputs
 from keras_policy_ext.validation import Validation, validate
 
 __version__ = _version("keras-policy-ext")
@@ -20,16 +21,21 @@ __version__ = _version("keras-policy-ext")
 __all__ = [
     "DTypePolicy",
     "FloatDTypePolicy",
+    "Rule",
+    "Rules",
     "config",
     "dtype_policies",
+    "explain",
     "install",
     "installed",
     "is_installed",
     "load_model",
     "mixed_precision",
     "retarget",
+    "rules",
     "testing",
     "uninstall",
     "validate",
     "Validation",
+    "with_float32_outputs",
 ]

@@ -30,6 +30,9 @@ _default: keras.DTypePolicy | None = None  # None: the policy of floatx()
 _scoped: contextvars.ContextVar[keras.DTypePolicy | None] = (
     contextvars.ContextVar("keras_policy_ext_scoped_policy", default=None)
 )
+_scoped_rules: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "keras_policy_ext_scoped_rules", default=None
+)
 _floatx_policies: dict[str, DTypePolicy] = {}
 
 
@@ -99,12 +102,28 @@ def set_dtype_policy(policy: keras.DTypePolicy | str) -> None:
     _set_default(_as_policy(policy))
 
 
+def scoped_rules() -> Any:
+    """The `keras_policy_ext.Rules` of the innermost scope here, or `None`.
+
+    >>> import keras_policy_ext as kpe
+    >>> kpe.config.scoped_rules() is None
+    True
+    """
+    return _scoped_rules.get()
+
+
 @contextlib.contextmanager
-def policy_scope(policy: keras.DTypePolicy | str) -> Iterator[keras.DTypePolicy]:
-    """Puts `policy` in force for the current context, restoring on exit.
+def policy_scope(
+    policy: keras.DTypePolicy | str | None = None, *, rules: Any = None
+) -> Iterator[keras.DTypePolicy]:
+    """Puts `policy` (and `rules`) in force for the current context.
 
     Scopes nest, restore the outer policy also when the body raises, and
     are context-local: other threads and asyncio tasks keep their own.
+    With `rules` (a `keras_policy_ext.Rules`, which needs the plugin), each
+    layer built in the scope gets the policy its first matching rule picks;
+    `policy` (else the rules' default, else the policy in force) is the
+    default.
 
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16") as policy:
@@ -113,11 +132,25 @@ def policy_scope(policy: keras.DTypePolicy | str) -> Iterator[keras.DTypePolicy]
     >>> kpe.config.dtype_policy()
     <DTypePolicy "float32">
     """
+    if rules is not None:
+        from keras_policy_ext import plugin
+
+        if not plugin.is_installed():
+            raise RuntimeError(
+                "Policy rules act when Keras builds a layer, through the plugin: "
+                "call keras_policy_ext.install() (or use `with "
+                "keras_policy_ext.installed():`) before policy_scope(rules=...)."
+            )
+        rules = rules.with_default(policy or rules.default or dtype_policy())
+        policy = rules.default
+    elif policy is None:
+        raise ValueError("policy_scope needs a policy, rules, or both.")
     policy = _as_policy(policy)
-    token = _scoped.set(policy)
+    token, rules_token = _scoped.set(policy), _scoped_rules.set(rules)
     try:
         _mirror_to_keras()
         yield policy
     finally:
+        _scoped_rules.reset(rules_token)
         _scoped.reset(token)
         _mirror_to_keras()

@@ -8,7 +8,12 @@ these attributes, after checking that each exists on the installed Keras:
   `dtype=None`) and `keras.DTypePolicy(None)` call it.
 - `keras.src.dtype_policies.dtype_policy.set_dtype_policy`: Keras's setter.
 - `keras.src.dtype_policies.get`: what `Layer.__init__`, the `dtype_policy`
-  setter, metrics and losses call to turn `dtype=` into a policy.
+  setter, metrics and losses call to turn `dtype=` into a policy. kpe's
+  replacement also places the layer `Layer.__init__` is building when policy
+  rules govern it (`keras_policy_ext.rules`): it recognises that caller by
+  the code object of `keras.layers.Layer.__init__` (checked to call
+  `dtype_policies.get`), and reads the name scope the layer is built under
+  with `keras.src.backend.common.name_scope.current_path`.
 
 and, for user code, the public names bound to those functions:
 `keras.config.{dtype_policy, set_dtype_policy}`,
@@ -24,19 +29,47 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import keras
 
-from keras_policy_ext import config, dtype_policies
+from keras_policy_ext import config, dtype_policies, rules
+
+_LAYER_INIT = keras.layers.Layer.__init__.__code__
+
+
+def _current_path() -> str:
+    from keras.src.backend.common.name_scope import current_path
+
+    return current_path()
+
+
+def _get(identifier: Any = None) -> keras.DTypePolicy:
+    """`keras_policy_ext.dtype_policies.get`, placing layers that rules govern.
+
+    A layer built with `dtype=None` in a scope with rules, or with a policy
+    object some rules own (a composite layer handing its policy down), gets
+    the policy those rules pick for its class, name and path.
+    """
+    caller = sys._getframe(1)
+    if caller.f_code is _LAYER_INIT:
+        owner = config.scoped_rules() if identifier is None else rules.owner_of(identifier)
+        if owner is not None:
+            layer = caller.f_locals["self"]
+            path = "/".join(p for p in (_current_path(), layer.name) if p)
+            fallback = identifier if identifier is not None else config.dtype_policy()
+            return owner.place(layer, path, fallback)
+    return dtype_policies.get(identifier)
 
 _GETTER = "keras.src.dtype_policies.dtype_policy"
 # (module, attribute, kpe replacement)
 _TARGETS: tuple[tuple[str, str, Callable], ...] = (
     (_GETTER, "dtype_policy", config.dtype_policy),
     (_GETTER, "set_dtype_policy", config.set_dtype_policy),
-    ("keras.src.dtype_policies", "get", dtype_policies.get),
+    ("keras.src.dtype_policies", "get", _get),
     ("keras.config", "dtype_policy", config.dtype_policy),
     ("keras.config", "set_dtype_policy", config.set_dtype_policy),
     ("keras.mixed_precision", "dtype_policy", config.dtype_policy),
@@ -61,6 +94,12 @@ def _resolve() -> list[tuple[object, str, Callable]]:
             missing.append(f"{module_name}.{attr}")
         else:
             resolved.append((module, attr, replacement))
+    if not {"dtype_policies", "get"} <= set(_LAYER_INIT.co_names):
+        missing.append("keras.layers.Layer.__init__ calling dtype_policies.get")
+    try:
+        _current_path()
+    except ImportError:
+        missing.append("keras.src.backend.common.name_scope.current_path")
     if missing:
         raise RuntimeError(
             "keras_policy_ext cannot install its plugin on Keras "

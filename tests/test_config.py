@@ -17,6 +17,7 @@ def in_thread(fn):
 
 
 def test_default_is_the_floatx_policy():
+    kpe.config._set_default(None)  # never set, as in a fresh process
     assert kpe.config.dtype_policy() == kpe.DTypePolicy("float32")
     keras.config.set_floatx("float64")
     assert kpe.config.dtype_policy() == kpe.DTypePolicy("float64")

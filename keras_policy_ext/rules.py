@@ -1,0 +1,436 @@
+"""Policy rules: an ordered list that picks a policy per layer, first match wins.
+
+A `Rule` matches a layer by class (subclasses included), by name and by the
+path the layer is built under (glob strings, or compiled `re` patterns,
+matched in full); every criterion it has must hold. `Rules` holds the rules
+and a default for the layers no rule matches. Rules act when layers are
+constructed, through `keras_policy_ext.config.policy_scope(rules=...)` with
+the plugin installed, so the picked policy is in force from a layer's first
+call, eagerly and symbolically.
+
+>>> import keras, keras_policy_ext as kpe
+>>> rules = kpe.Rules(
+...     [kpe.Rule("float32", layer=keras.layers.LayerNormalization)],
+...     default="mixed_bfloat16")
+>>> rules.pick(keras.layers.LayerNormalization, "layer_normalization")
+<DTypePolicy "float32">
+>>> rules.pick(keras.layers.Dense, "dense")
+<DTypePolicy "mixed_bfloat16">
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import importlib
+import re
+import weakref
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import keras
+
+from keras_policy_ext.policy import DTypePolicy
+
+# Policy objects that a live `Rules` owns, by identity: a layer built with one
+# of them (a composite layer handing its policy to its sublayers) is placed
+# by those rules, as a layer built with `dtype=None` in their scope is.
+_OWNERS: weakref.WeakValueDictionary[int, Rules] = weakref.WeakValueDictionary()
+# How each layer placed by rules got its policy, for `explain`.
+_EXPLANATIONS: weakref.WeakKeyDictionary[Any, Explanation] = weakref.WeakKeyDictionary()
+
+
+class Pattern:
+    """A name or path pattern: a glob string, or a compiled `re` pattern."""
+
+    def __init__(self, pattern: str | re.Pattern | Pattern) -> None:
+        if isinstance(pattern, Pattern):
+            self.kind, self.text, self._regex = pattern.kind, pattern.text, pattern._regex
+        elif isinstance(pattern, re.Pattern):
+            self.kind, self.text, self._regex = "regex", pattern.pattern, pattern
+        elif isinstance(pattern, str) and pattern:
+            self.kind, self.text = "glob", pattern
+            self._regex = re.compile(fnmatch.translate(pattern))
+        else:
+            raise ValueError(
+                f"Invalid pattern {pattern!r}: expected a non-empty glob string "
+                "or a compiled regular expression (re.compile(...))."
+            )
+
+    @classmethod
+    def from_config(cls, config: dict) -> Pattern:
+        (kind, text), = config.items()
+        if kind not in ("glob", "regex"):
+            raise ValueError(f"Invalid pattern config {config!r}: keys are 'glob' or 'regex'.")
+        if kind == "glob":
+            return cls(text)
+        try:
+            return cls(re.compile(text))
+        except re.error as e:
+            raise ValueError(f"Invalid regex pattern {text!r}: {e}") from None
+
+    def get_config(self) -> dict:
+        return {self.kind: self.text}
+
+    def matches(self, value: str) -> bool:
+        return self._regex.fullmatch(value) is not None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pattern) and (self.kind, self.text) == (other.kind, other.text)
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.text))
+
+    def __repr__(self) -> str:
+        return repr(self.text) if self.kind == "glob" else f"re.compile({self.text!r})"
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import_class(path: str) -> type:
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class Rule:
+    """Picks `policy` for the layers that meet every criterion given.
+
+    `layer`: a layer class (subclasses match too); `name`, `path`: a glob
+    string or a compiled `re` pattern, matched in full against the layer's
+    name and the path it is built under. `reason` documents the rule.
+
+    >>> import re, keras, keras_policy_ext as kpe
+    >>> kpe.Rule("float32", name=re.compile("(query|key|value)"), reason="demo")
+    Rule('float32', name=re.compile('(query|key|value)'), reason='demo')
+    """
+
+    policy: DTypePolicy
+    layer: type | None = None
+    name: Pattern | None = None
+    path: Pattern | None = None
+    reason: str = ""
+
+    def __init__(
+        self,
+        policy: Any,
+        *,
+        layer: type | None = None,
+        name: str | re.Pattern | Pattern | None = None,
+        path: str | re.Pattern | Pattern | None = None,
+        reason: str = "",
+    ) -> None:
+        if layer is not None and not (
+            isinstance(layer, type) and issubclass(layer, keras.layers.Layer)
+        ):
+            raise TypeError(f"Invalid rule: layer={layer!r} is not a keras.layers.Layer subclass.")
+        if layer is None and name is None and path is None:
+            raise ValueError(
+                "Invalid rule: it has no criterion (layer=, name= or path=) and "
+                "would match every layer; give the policy as the default instead."
+            )
+        name_of = policy.name if isinstance(policy, keras.DTypePolicy) else policy
+        set_ = object.__setattr__
+        set_(self, "policy", DTypePolicy(name_of))  # this rule's own object
+        set_(self, "layer", layer)
+        set_(self, "name", None if name is None else Pattern(name))
+        set_(self, "path", None if path is None else Pattern(path))
+        set_(self, "reason", reason)
+
+    def matches(self, cls: type, name: str, path: str) -> bool:
+        """Whether a layer of class `cls`, named `name`, built under `path` matches."""
+        return (
+            (self.layer is None or issubclass(cls, self.layer))
+            and (self.name is None or self.name.matches(name))
+            and (self.path is None or self.path.matches(path))
+        )
+
+    def covers(self, other: Rule) -> bool:
+        """Whether this rule matches every layer `other` matches."""
+        return (
+            self.name is None
+            and self.path is None
+            and (self.layer is None or (other.layer is not None and issubclass(other.layer, self.layer)))
+        ) or (self.layer, self.name, self.path) == (other.layer, other.name, other.path)
+
+    def get_config(self) -> dict:
+        return {
+            "policy": self.policy.name,
+            "layer": None if self.layer is None else _class_path(self.layer),
+            "name": None if self.name is None else self.name.get_config(),
+            "path": None if self.path is None else self.path.get_config(),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Rule:
+        layer, name, path = (config.get(k) for k in ("layer", "name", "path"))
+        return cls(
+            config["policy"],
+            layer=None if layer is None else _import_class(layer),
+            name=None if name is None else Pattern.from_config(name),
+            path=None if path is None else Pattern.from_config(path),
+            reason=config.get("reason", ""),
+        )
+
+    def __repr__(self) -> str:
+        parts = [repr(self.policy.name)]
+        if self.layer is not None:
+            parts.append(f"layer={self.layer.__name__}")
+        for key in ("name", "path"):
+            if getattr(self, key) is not None:
+                parts.append(f"{key}={getattr(self, key)!r}")
+        if self.reason:
+            parts.append(f"reason={self.reason!r}")
+        return f"Rule({', '.join(parts)})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """Which rule picked a layer's policy, and why."""
+
+    layer: str
+    layer_class: str
+    path: str
+    policy: str
+    rule: int | None  # index in the rules; None: the default
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.layer_class} {self.path!r} -> {self.policy}: {self.reason}"
+
+
+@keras.saving.register_keras_serializable(package="keras_policy_ext", name="Rules")
+class Rules:
+    """Ordered policy rules, first match wins, and a default.
+
+    `default` is the policy of layers no rule matches; `None` leaves it to
+    the scope the rules are used in. Rules compose with `+` (the left
+    operand's rules first, its default kept unless it has none). A rule that
+    an earlier one shadows (it could never match) is a `ValueError`.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax)], default="mixed_float16")
+    Rules([Rule('float32', layer=Softmax)], default='mixed_float16')
+    """
+
+    def __init__(self, rules: Iterable[Rule] = (), default: Any = None) -> None:
+        rules = tuple(rules)
+        for rule in rules:
+            if not isinstance(rule, Rule):
+                raise TypeError(f"Invalid rules: {rule!r} is not a kpe.Rule.")
+        # Copies: these rules own their policy objects (see `owner_of`).
+        self.rules: tuple[Rule, ...] = tuple(dataclasses.replace(r) for r in rules)
+        for j, later in enumerate(self.rules):
+            for i, earlier in enumerate(self.rules[:j]):
+                if earlier.covers(later):
+                    raise ValueError(
+                        f"Rule {j} ({later!r}) can never match: rule {i} "
+                        f"({earlier!r}) comes first and matches every layer it would."
+                    )
+        if default is not None:
+            default = DTypePolicy(
+                default.name if isinstance(default, keras.DTypePolicy) else default
+            )
+        self.default: DTypePolicy | None = default
+        for policy in self._policies():
+            _OWNERS[id(policy)] = self
+
+    def _policies(self) -> list[DTypePolicy]:
+        owned = [rule.policy for rule in self.rules]
+        return owned + ([self.default] if self.default is not None else [])
+
+    def owns(self, policy: Any) -> bool:
+        """Whether `policy` is one of these rules' own policy objects."""
+        return any(policy is p for p in self._policies())
+
+    def with_default(self, default: Any) -> Rules:
+        """The same rules with another default."""
+        return Rules(self.rules, default)
+
+    def __add__(self, other: Rules) -> Rules:
+        return Rules(self.rules + other.rules, self.default or other.default)
+
+    def pick(self, layer_class: type, name: str, path: str | None = None) -> DTypePolicy:
+        """The policy for a layer of that class, name and path (default: name)."""
+        index, policy, reason = self.explain(layer_class, name, path)
+        if policy is None:
+            raise ValueError(
+                f"No rule matches {layer_class.__name__} {name!r} and these rules "
+                "have no default."
+            )
+        return policy
+
+    def explain(
+        self, layer_class: type, name: str, path: str | None = None
+    ) -> tuple[int | None, DTypePolicy | None, str]:
+        """`(rule index or None, policy, reason)` for a layer's class, name, path.
+
+        The policy is the default (maybe `None`) when no rule matches.
+        """
+        path = name if path is None else path
+        for i, rule in enumerate(self.rules):
+            if rule.matches(layer_class, name, path):
+                why = f"rule {i} {rule!r}" + (f": {rule.reason}" if rule.reason else "")
+                return i, rule.policy, why
+        return None, self.default, "no rule matched: the default"
+
+    def place(self, layer: keras.layers.Layer, path: str, fallback: DTypePolicy) -> DTypePolicy:
+        """Picks `layer`'s policy (`fallback` if no rule nor default does); records why."""
+        index, policy, reason = self.explain(type(layer), layer.name, path)
+        if policy is None:
+            policy, reason = fallback, "no rule matched: its parent's policy"
+        _EXPLANATIONS[layer] = Explanation(
+            layer.name, type(layer).__name__, path, policy.name, index, reason
+        )
+        return policy
+
+    def to_dtype_policy_map(self) -> keras.dtype_policies.DTypePolicyMap:
+        """Keras's `DTypePolicyMap` for rules that match on `path` only.
+
+        Keras maps paths (exactly, then by regex `fullmatch`), so class and
+        name rules cannot be exported: a `ValueError` names them.
+        """
+        unsupported = [r for r in self.rules if r.layer is not None or r.name is not None]
+        if unsupported:
+            raise ValueError(
+                f"Cannot export {unsupported!r} to a DTypePolicyMap: it maps layer "
+                "paths only, not classes or names."
+            )
+        if self.default is None:
+            raise ValueError("Cannot export rules without a default to a DTypePolicyMap.")
+        return keras.dtype_policies.DTypePolicyMap(
+            default_policy=DTypePolicy(self.default.name),
+            policy_map={
+                rule.path._regex.pattern: DTypePolicy(rule.policy.name) for rule in self.rules
+            },
+        )
+
+    @classmethod
+    def from_dtype_policy_map(cls, policy_map: keras.dtype_policies.DTypePolicyMap) -> Rules:
+        """Rules equivalent to a Keras `DTypePolicyMap` (left unchanged).
+
+        Exact keys come first, as Keras looks them up first; the others are
+        regular expressions matched in full.
+        """
+        keys = list(policy_map)
+        exact = [k for k in keys if re.escape(k) == k]
+        ordered = exact + [k for k in keys if k not in exact]
+        return cls(
+            [
+                Rule(policy_map[k], path=re.compile(re.escape(k) if k in exact else k))
+                for k in ordered
+            ],
+            default=policy_map.default_policy,
+        )
+
+    def get_config(self) -> dict:
+        return {
+            "rules": [rule.get_config() for rule in self.rules],
+            "default": None if self.default is None else self.default.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> Rules:
+        return cls([Rule.from_config(r) for r in config["rules"]], config.get("default"))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Rules) and (self.rules, self.default) == (
+            other.rules,
+            other.default,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.rules, self.default))
+
+    def __repr__(self) -> str:
+        default = "" if self.default is None else f", default={self.default.name!r}"
+        return f"Rules([{', '.join(map(repr, self.rules))}]{default})"
+
+
+def owner_of(policy: Any) -> Rules | None:
+    """The live `Rules` that owns this policy object, if any."""
+    rules = _OWNERS.get(id(policy))
+    return rules if rules is not None and rules.owns(policy) else None
+
+
+def explain(layer: keras.layers.Layer) -> Explanation:
+    """Why `layer` has its policy: the rule that picked it, or that none did.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> rules = kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax,
+    ...                             reason="exp overflows in float16")])
+    >>> with kpe.installed(), kpe.config.policy_scope("mixed_float16", rules=rules):
+    ...     softmax = keras.layers.Softmax(name="softmax")
+    ...     dense = keras.layers.Dense(2, name="dense")
+    >>> print(kpe.explain(softmax))
+    Softmax 'softmax' -> float32: rule 0 Rule('float32', layer=Softmax, reason='exp overflows in float16'): exp overflows in float16
+    >>> print(kpe.explain(dense))
+    Dense 'dense' -> mixed_float16: no rule matched: the default
+    """
+    found = _EXPLANATIONS.get(layer)
+    if found is not None:
+        return found
+    return Explanation(
+        layer.name, type(layer).__name__, layer.path or layer.name,
+        layer.dtype_policy.name, None,
+        "not placed by rules: its dtype argument or the global policy",
+    )  # fmt: skip
+
+
+_NORMALIZATION_REASON = (
+    "normalization reduces means and variances over many terms: in float16 "
+    "sums of squares overflow and small variances lose their digits (PyTorch "
+    "autocast runs layer_norm, group_norm and batch_norm in float32)"
+)
+FLOAT32_NUMERICS = Rules(
+    [
+        Rule("float32", layer=cls, reason=_NORMALIZATION_REASON)
+        for cls in (
+            keras.layers.LayerNormalization,
+            keras.layers.BatchNormalization,
+            keras.layers.GroupNormalization,
+            keras.layers.RMSNormalization,
+            keras.layers.UnitNormalization,
+        )
+    ]
+    + [
+        Rule(
+            "float32",
+            layer=keras.layers.Softmax,
+            reason="exp overflows float16 above 11.1 and the normalizing sum loses "
+            "precision (PyTorch autocast runs softmax in float32)",
+        )
+    ]
+)
+
+
+def with_float32_outputs(model: keras.Model) -> keras.Model:
+    """`model` with each output passed through a float32 linear `Activation`.
+
+    What users write by hand today (`Activation("linear", dtype="float32")`):
+    losses and metrics then see float32 under a mixed policy. Functional and
+    Sequential models; the layers are shared, not copied.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> with kpe.config.policy_scope("mixed_float16"):
+    ...     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    >>> wrapped = kpe.with_float32_outputs(model)
+    >>> keras.backend.standardize_dtype(wrapped(keras.ops.ones((1, 3))).dtype)
+    'float32'
+    """
+    outputs = [
+        keras.layers.Activation("linear", dtype=DTypePolicy("float32"), name=f"{name}_float32")(o)
+        for name, o in zip(_output_names(model), keras.tree.flatten(model.outputs))
+    ]
+    return keras.Model(model.inputs, outputs if len(outputs) > 1 else outputs[0])
+
+
+def _output_names(model: keras.Model) -> Sequence[str]:
+    names = getattr(model, "output_names", None)
+    return names or [f"output_{i}" for i in range(len(model.outputs))]

@@ -32,10 +32,12 @@ import keras
 
 from keras_policy_ext.policy import DTypePolicy
 
-# Policy objects that a live `Rules` owns, by identity: a layer built with one
-# of them (a composite layer handing its policy to its sublayers) is placed
-# by those rules, as a layer built with `dtype=None` in their scope is.
-_OWNERS: weakref.WeakValueDictionary[int, Rules] = weakref.WeakValueDictionary()
+# Each `Rules` makes its own policy objects and links each to it (attribute
+# `_OWNER`), so the rules live as long as a layer uses one of them: a layer
+# built with such an object (a composite layer handing its policy to its
+# sublayers) is placed by those rules, as a layer built with `dtype=None` in
+# their scope is.
+_OWNER = "_kpe_rules"
 # How each layer placed by rules got its policy, for `explain`.
 _EXPLANATIONS: weakref.WeakKeyDictionary[Any, Explanation] = weakref.WeakKeyDictionary()
 
@@ -239,15 +241,11 @@ class Rules:
             )
         self.default: DTypePolicy | None = default
         for policy in self._policies():
-            _OWNERS[id(policy)] = self
+            object.__setattr__(policy, _OWNER, self)  # fresh objects: ours to link
 
     def _policies(self) -> list[DTypePolicy]:
         owned = [rule.policy for rule in self.rules]
         return owned + ([self.default] if self.default is not None else [])
-
-    def owns(self, policy: Any) -> bool:
-        """Whether `policy` is one of these rules' own policy objects."""
-        return any(policy is p for p in self._policies())
 
     def with_default(self, default: Any) -> Rules:
         """The same rules with another default."""
@@ -354,9 +352,8 @@ class Rules:
 
 
 def owner_of(policy: Any) -> Rules | None:
-    """The live `Rules` that owns this policy object, if any."""
-    rules = _OWNERS.get(id(policy))
-    return rules if rules is not None and rules.owns(policy) else None
+    """The `Rules` that made this policy object, if any."""
+    return getattr(policy, _OWNER, None) if isinstance(policy, DTypePolicy) else None
 
 
 def explain(layer: keras.layers.Layer) -> Explanation:

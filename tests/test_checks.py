@@ -114,7 +114,7 @@ def test_symbolic_dtype_disagreeing_with_eager_is_reported():
 
 def test_a_training_step_that_changes_nothing_is_reported():
     report = check_layer(UnusedWeight, X, ["float32"])
-    assert [(f.check, f.seen) for f in report.findings] == [("train", "no variable changed")]
+    assert [(f.check, f.seen) for f in report.findings] == [("train", "no variable changed in 1 step(s)")]
 
 
 def test_unsupported_policies_are_reported_per_backend():
@@ -163,3 +163,25 @@ def test_checks_leave_global_state_alone():
     check_layer(CastsToFloat32, X, ["bfloat16", "float16"])
     assert kpe.config.dtype_policy().name == "mixed_float16"
     assert keras.config.dtype_policy().name == "mixed_float16"
+
+
+def test_a_model_checked_under_rules_is_judged_per_layer():
+    def model():
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(3)(inputs)
+        return keras.Model(inputs, keras.layers.LayerNormalization()(hidden))
+
+    rules = kpe.rules.FLOAT32_NUMERICS
+    ruled = check_layer(model, X, ["mixed_float16", "mixed_bfloat16"], rules=rules)
+    assert ruled.ok, str(ruled)
+    # The same model whose norm is float32 by hand, judged by the scope's policy alone:
+    def by_hand():
+        inputs = keras.Input((4,))
+        hidden = keras.layers.Dense(3)(inputs)
+        return keras.Model(inputs, keras.layers.LayerNormalization(dtype="float32")(hidden))
+
+    plain = check_layer(by_hand, X, ["mixed_float16"], train=False)
+    assert [(f.check, f.expected, f.seen) for f in plain.findings] == [
+        ("output", "float16", "output 0 is float32")
+    ]
+    assert not kpe.is_installed()  # the check put the plugin back as it was

@@ -20,12 +20,15 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_policy_ext import config
+from keras_policy_ext import config, plugin
 from keras_policy_ext.validation import validate
 
 DEFAULT_POLICIES = (
     "float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16",
 )  # fmt: skip
+
+# Training steps allowed for a dynamic loss scale to stop skipping updates.
+LOSS_SCALE_STEPS = 20
 
 # Largest accepted max-abs error of an output relative to the max-abs of a
 # float32 run with the same weights and inputs. A compute dtype with unit
@@ -176,8 +179,38 @@ class _Case:
         )  # fmt: skip
 
     def build(self) -> keras.Layer:
-        with config.policy_scope(self.policy):
+        rules = self.options["rules"]
+        if rules is None:
+            with config.policy_scope(self.policy):
+                return self.factory()
+        with plugin.installed(), config.policy_scope(self.policy, rules=rules):
             return self.factory()
+
+    def layer_policies(self, layer) -> list[tuple[str, keras.DTypePolicy]]:
+        """`(path, policy)` of the layer and every sublayer, deepest paths first."""
+        layers = [layer, *layer._flatten_layers(include_self=False)]
+        found = [(l.path, l.dtype_policy) for l in layers if l.path]
+        return sorted(found, key=lambda item: -len(item[0]))
+
+    def expected_variable_dtype(self, path: str, owners) -> str:
+        """The policy's variable dtype; under rules, that of the variable's layer."""
+        for key, dtype in self.options["variable_dtypes"].items():
+            if path == key or path.endswith("/" + key):
+                return dtype
+        if self.options["rules"] is not None:
+            for owner_path, policy in owners:
+                if path.startswith(owner_path + "/"):
+                    return policy.variable_dtype
+        return self.policy.variable_dtype
+
+    def expected_output_dtypes(self, layer, count: int) -> list[str]:
+        """The compute dtype; under rules, that of each output's layer."""
+        if self.options["rules"] is None:
+            return [self.policy.compute_dtype] * count
+        names = getattr(layer, "output_names", None)
+        if isinstance(layer, keras.Model) and names and len(names) == count:
+            return [layer.get_layer(name).compute_dtype for name in names]
+        return [layer.compute_dtype] * count
 
     def run(self) -> CaseResult:
         ok, reason = validate(self.policy)
@@ -190,7 +223,7 @@ class _Case:
             self.finding("call", "the layer builds and runs", _error(e), f"error {type(e).__name__}")
         else:
             self.check_variables(layer)
-            eager = self.check_outputs(outputs)
+            eager = self.check_outputs(layer, outputs)
             self.check_symbolic(layer, eager)
             if self.options["numerics"]:
                 self.check_numerics(layer, outputs)
@@ -202,14 +235,11 @@ class _Case:
         )  # fmt: skip
 
     def check_variables(self, layer, when: str = "") -> None:
-        overrides = self.options["variable_dtypes"]
+        owners = self.layer_policies(layer)
         for v in layer.weights:
             if not keras.backend.is_float_dtype(_dtype(v)):
                 continue
-            expected = next(
-                (d for k, d in overrides.items() if v.path == k or v.path.endswith("/" + k)),
-                self.policy.variable_dtype,
-            )
+            expected = self.expected_variable_dtype(v.path, owners)
             declared, held = _dtype(v), _dtype(v.value)
             if declared != expected:
                 self.finding("variable", expected, f"{v.path} is {declared}{when}", f"var {declared}")
@@ -219,14 +249,12 @@ class _Case:
                     f"var holds {held}",
                 )
 
-    def check_outputs(self, outputs) -> list[str]:
+    def check_outputs(self, layer, outputs) -> list[str]:
         flat = keras.tree.flatten(outputs)
-        for i, y in enumerate(flat):
-            if _is_float(y) and _dtype(y) != self.policy.compute_dtype:
-                self.finding(
-                    "output", self.policy.compute_dtype, f"output {i} is {_dtype(y)}",
-                    f"out {_dtype(y)}",
-                )
+        expected = self.expected_output_dtypes(layer, len(flat))
+        for i, (y, want) in enumerate(zip(flat, expected)):
+            if _is_float(y) and _dtype(y) != want:
+                self.finding("output", want, f"output {i} is {_dtype(y)}", f"out {_dtype(y)}")
             if _is_float(y) and not np.isfinite(_numpy32(y)).all():
                 self.finding("finite", "finite outputs", f"NaN or Inf in output {i}", "NaN/Inf")
         return [_dtype(y) if hasattr(y, "dtype") else type(y).__name__ for y in flat]
@@ -250,11 +278,16 @@ class _Case:
                 self.finding("symbolic", f"KerasTensor {i} is {e}, as eagerly", s, f"symbolic {s}")
 
     def check_numerics(self, layer, outputs) -> None:
-        if (self.policy.compute_dtype, self.policy.variable_dtype) == ("float32", "float32"):
+        compute = {p.compute_dtype for _, p in self.layer_policies(layer)} or {
+            self.policy.compute_dtype
+        }
+        variables = {p.variable_dtype for _, p in self.layer_policies(layer)}
+        if compute | variables | {self.policy.variable_dtype} == {"float32"}:
             return  # it is the reference
-        tolerance = self.options["tolerances"].get(self.policy.compute_dtype)
-        if tolerance is None:
+        tolerances = [self.options["tolerances"].get(c) for c in compute]
+        if None in tolerances:
             return
+        tolerance = max(tolerances)
         try:
             with config.policy_scope("float32"):
                 reference = self.factory()
@@ -295,7 +328,7 @@ class _Case:
                 model.compile(optimizer="sgd", loss="mse", run_eagerly=True)
             target = np.random.default_rng(0).normal(size=output.shape).astype("float32")
             before = [_numpy32(v) for v in layer.trainable_weights]
-            model.train_on_batch(x, target)
+            steps = self.train_steps(model, x, target, layer, before)
         except Exception as e:
             self.finding(
                 "train", "one train_on_batch step runs", _error(e),
@@ -307,8 +340,25 @@ class _Case:
         if not all(np.isfinite(a).all() for a in after):
             self.finding("train", "finite updates", "NaN or Inf in a variable", "train NaN/Inf")
         elif all(np.array_equal(a, b) for a, b in zip(after, before)):
-            self.finding("train", "a non-zero update", "no variable changed", "no update")
+            self.finding(
+                "train", "a non-zero update", f"no variable changed in {steps} step(s)",
+                "no update",
+            )
 
+    @staticmethod
+    def train_steps(model, x, target, layer, before) -> int:
+        """One step; with loss scaling, up to `LOSS_SCALE_STEPS` while each is skipped.
+
+        A dynamic loss scale starts high (2**15): its first steps may overflow
+        in float16 and be skipped, each halving the scale, as in `fit`.
+        """
+        for step in range(1, LOSS_SCALE_STEPS + 1):
+            model.train_on_batch(x, target)
+            if not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) or any(
+                not np.array_equal(_numpy32(v), b) for v, b in zip(layer.trainable_weights, before)
+            ):
+                return step
+        return LOSS_SCALE_STEPS
 
 def check_layer(
     factory: Callable[[], keras.Layer],
@@ -321,6 +371,7 @@ def check_layer(
     numerics: bool = True,
     tolerances: dict[str, float] | None = None,
     variable_dtypes: dict[str, str] | None = None,
+    rules: Any = None,
 ) -> Report:
     """Checks a layer under each policy on the running backend.
 
@@ -332,7 +383,10 @@ def check_layer(
     own `keras.DTypePolicy`, for comparison) or both. `tolerances` overrides
     `TOLERANCES` per compute dtype; `variable_dtypes` maps variable paths (or
     their last parts, such as `"moving_mean"`) to the dtype a layer documents
-    for them instead of the policy's.
+    for them instead of the policy's. With `rules` (a
+    `keras_policy_ext.Rules`), each layer is built under the rules with the
+    policy as their default, and checked against the policy its rule picked:
+    variables against their layer's, outputs against their output layer's.
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> class CastsToFloat32(keras.layers.Layer):
@@ -349,6 +403,7 @@ def check_layer(
         "numerics": numerics,
         "tolerances": {**TOLERANCES, **(tolerances or {})},
         "variable_dtypes": dict(variable_dtypes or {}),
+        "rules": rules,
     }
     args = _as_args(inputs)
     cases = [

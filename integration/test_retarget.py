@@ -97,3 +97,26 @@ def test_nested_models_and_wrapped_layers_follow_the_new_policy():
     found = policies(new)
     assert len(found) == len(policies(model)) >= 6  # Bidirectional's GRUs and cells too
     assert all(p == kpe.DTypePolicy("mixed_bfloat16") for p in found)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_retarget_to_rules(name):
+    with kpe.config.policy_scope("float32"):
+        model = BUILDERS[name]()
+    x, _ = data(name, n=4)
+    rules = kpe.rules.FLOAT32_NUMERICS.with_default("mixed_bfloat16")
+    new = kpe.retarget(model, rules)
+    assert not kpe.is_installed()
+    for layer in all_layers(new):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        kind = type(layer).__name__
+        # MultiHeadAttention's inner Softmax too: the preset reaches sublayers.
+        want = "float32" if kind.endswith("Normalization") or kind == "Softmax" else "mixed_bfloat16"
+        assert layer.dtype_policy.name == want, (layer.path, kind)
+    y, y_new = as_numpy(model(x)), as_numpy(new(x))
+    assert np.max(np.abs(y_new - y)) / np.max(np.abs(y)) <= TOLERANCES["bfloat16"]
+    report = kpe.testing.check_layer(
+        lambda: kpe.retarget(model, rules), x, ["mixed_bfloat16"], rules=rules, train=False
+    )
+    assert not [f for f in report.findings if f.check in ("variable", "output")], str(report)

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import keras
 from keras import ops
 
-from keras_policy_ext import config, dtype_policies
+from keras_policy_ext import config, dtype_policies, plugin
+from keras_policy_ext.rules import Rules
 
 
-def _replace_policies(node: Any, policy: keras.DTypePolicy) -> Any:
+def _replace_policies(node: Any, policy: keras.DTypePolicy | None) -> Any:
     """A copy of a model config with every float layer policy set to `policy`.
 
-    `InputLayer`s keep their dtype (a tensor dtype, not a policy); quantized
-    policies and `DTypePolicyMap`s are left as they are.
+    `None` lets the scope (and its rules) decide. `InputLayer`s keep their
+    dtype (a tensor dtype, not a policy); quantized policies and
+    `DTypePolicyMap`s are left as they are.
     """
     if isinstance(node, list):
         return [_replace_policies(item, policy) for item in node]
@@ -25,7 +29,7 @@ def _replace_policies(node: Any, policy: keras.DTypePolicy) -> Any:
         return node
     out = {k: _replace_policies(v, policy) for k, v in node.items()}
     if "dtype" in node and _is_float_policy(node["dtype"]):
-        out["dtype"] = dtype_policies.serialize(policy)
+        out["dtype"] = None if policy is None else dtype_policies.serialize(policy)
     return out
 
 
@@ -43,13 +47,15 @@ def _is_float_policy(value: Any) -> bool:
     )
 
 
-def retarget(model: keras.Model, policy: keras.DTypePolicy | str) -> keras.Model:
+def retarget(model: keras.Model, policy: keras.DTypePolicy | str | Rules) -> keras.Model:
     """A new model of the same architecture whose layers follow `policy`.
 
-    Works for Sequential, functional and registered subclassed models (those
-    that round-trip through `get_config` / `from_config`). The weights are
-    carried over, cast to the new variable dtypes; `model` is untouched. The
-    new model is not compiled.
+    `policy` is a policy, or `keras_policy_ext.Rules` (each layer then gets
+    the policy its rule picks; the rules need a default). Works for
+    Sequential, functional and registered subclassed models (those that
+    round-trip through `get_config` / `from_config`). The weights are carried
+    over, cast to the new variable dtypes; `model` is untouched. The new
+    model is not compiled.
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):
@@ -62,10 +68,17 @@ def retarget(model: keras.Model, policy: keras.DTypePolicy | str) -> keras.Model
     >>> np.allclose(as_numpy(exported(x)), as_numpy(model(x)), atol=1e-2)
     True
     """
-    policy = config._as_policy(policy)
-    with config.policy_scope(policy):
+    if isinstance(policy, Rules):
+        if policy.default is None:
+            raise ValueError("Cannot retarget to rules without a default: give Rules(default=...).")
+        scope = _rules_scope(policy)
+        placed = None
+    else:
+        placed = config._as_policy(policy)
+        scope = config.policy_scope(placed)
+    with scope:
         try:
-            model_config = _replace_policies(model.get_config(), policy)
+            model_config = _replace_policies(model.get_config(), placed)
             new = type(model).from_config(model_config)
         except Exception as e:
             raise ValueError(
@@ -89,10 +102,16 @@ def retarget(model: keras.Model, policy: keras.DTypePolicy | str) -> keras.Model
     return new
 
 
+@contextlib.contextmanager
+def _rules_scope(rules: Rules) -> Iterator[None]:
+    with plugin.installed(), config.policy_scope(rules=rules):
+        yield
+
+
 def load_model(
-    filepath: str | os.PathLike, policy: keras.DTypePolicy | str, **kwargs: Any
+    filepath: str | os.PathLike, policy: keras.DTypePolicy | str | Rules, **kwargs: Any
 ) -> keras.Model:
-    """Loads a `.keras` file and retargets it to `policy` in one call.
+    """Loads a `.keras` file and retargets it to `policy` (or rules) in one call.
 
     `kwargs` go to `keras.saving.load_model` (`custom_objects`, ...).
 

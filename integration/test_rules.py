@@ -1,0 +1,59 @@
+"""The integration models built under rules: every structure, first call, .keras."""
+
+import keras
+import numpy as np
+import pytest
+
+import keras_policy_ext as kpe
+from integration.builders import BUILDERS, all_layers, data
+
+RULES = kpe.rules.FLOAT32_NUMERICS
+
+
+def expected(layer):
+    kind = type(layer).__name__
+    return "float32" if kind.endswith("Normalization") or kind == "Softmax" else "mixed_float16"
+
+
+def placed(model):
+    return [l for l in all_layers(model) if not isinstance(l, keras.layers.InputLayer)]
+
+
+def serialized_policies(model):
+    """The policies of the layers Keras writes into a model's config."""
+    return [l.dtype_policy for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_every_layer_follows_its_rule_from_the_first_call(name, tmp_path):
+    kpe.install()
+    with kpe.config.policy_scope("mixed_float16", rules=RULES):
+        model = BUILDERS[name]()
+    x, _ = data(name, n=2)
+    y = model(x)  # the first call
+    for layer in placed(model):
+        assert layer.dtype_policy.name == expected(layer), (layer.path, kpe.explain(layer))
+        for v in layer.weights:
+            if keras.backend.is_float_dtype(v.dtype):
+                assert keras.backend.standardize_dtype(v.value.dtype) == "float32"
+    last = model.layers[-1]
+    assert keras.backend.standardize_dtype(y.dtype) == keras.DTypePolicy(
+        last.dtype_policy.name
+    ).compute_dtype
+    norms = [l for l in placed(model) if expected(l) == "float32"]
+    assert all(kpe.explain(l).rule is not None for l in norms)
+
+    path = tmp_path / "model.keras"
+    model.save(path)
+    # Keras serializes the layers of a functional or Sequential model, not
+    # the sublayers a layer builds itself: those come back from their parent.
+    if name != "subclassed":
+        loaded = keras.saving.load_model(path)
+        assert serialized_policies(loaded) == serialized_policies(model)
+    # With the rules, every layer, sublayers included, gets its policy back.
+    reloaded = kpe.load_model(path, RULES.with_default("mixed_float16"))
+    assert [l.dtype_policy for l in placed(reloaded)] == [l.dtype_policy for l in placed(model)]
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(keras.ops.cast(reloaded(x), "float32")),
+        keras.ops.convert_to_numpy(keras.ops.cast(model(x), "float32")),
+    )

@@ -112,9 +112,7 @@ def _jaxpr_casts(policy) -> int:
     tv = [v.value for v in model.trainable_variables]
     ntv = [v.value for v in model.non_trainable_variables]
     x = keras.ops.ones((4, 16), dtype="float32")
-    jaxpr = jax.make_jaxpr(lambda tv, ntv, x: model.stateless_call(tv, ntv, x)[0])(
-        tv, ntv, x
-    )
+    jaxpr = jax.make_jaxpr(lambda tv, ntv, x: model.stateless_call(tv, ntv, x)[0])(tv, ntv, x)
     return _count_casts(jaxpr)
 
 
@@ -137,9 +135,7 @@ def measure(backend: str, rounds: int, quick: bool) -> list[dict]:
     rows = [
         {
             "case": f"Dense(64) call, {POLICY}",
-            **_compare(
-                lambda: kpe_dense(x), lambda: keras_dense(x), rounds, dense_calls
-            ),
+            **_compare(lambda: kpe_dense(x), lambda: keras_dense(x), rounds, dense_calls),
         },
         {
             "case": "convert_input",
@@ -209,9 +205,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
     parser.add_argument("--rounds", type=int, help="timed rounds (default 21)")
-    parser.add_argument(
-        "--quick", action="store_true", help="a fast smoke run (3 short rounds)"
-    )
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run (3 short rounds)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is None:

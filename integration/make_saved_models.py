@@ -9,9 +9,9 @@ import pathlib
 
 import keras
 import numpy as np
-from integration.builders import BUILDERS, data
 
 import keras_policy_ext as kpe
+from integration.builders import BUILDERS, data
 
 DATA = pathlib.Path(__file__).parent / "data"
 MODEL, POLICY = "functional_conv", "mixed_bfloat16"

@@ -5,9 +5,9 @@ from contextlib import nullcontext
 
 import keras
 import pytest
-from integration.builders import BUILDERS, all_layers, data
 
 import keras_policy_ext as kpe
+from integration.builders import BUILDERS, all_layers, data
 
 THREAD_POLICIES = ["float32", "mixed_float16", "mixed_bfloat16", "bfloat16"]
 

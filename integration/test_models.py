@@ -3,9 +3,9 @@
 import keras
 import numpy as np
 import pytest
-from integration.builders import BUILDERS, all_layers, data
 
 import keras_policy_ext as kpe
+from integration.builders import BUILDERS, all_layers, data
 
 BACKEND = keras.backend.backend()
 POLICIES = ["float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16"]

@@ -112,7 +112,9 @@ def test_retarget_to_rules(name):
             continue
         kind = type(layer).__name__
         # MultiHeadAttention's inner Softmax too: the preset reaches sublayers.
-        want = "float32" if kind.endswith("Normalization") or kind == "Softmax" else "mixed_bfloat16"
+        want = (
+            "float32" if kind.endswith("Normalization") or kind == "Softmax" else "mixed_bfloat16"
+        )
         assert layer.dtype_policy.name == want, (layer.path, kind)
     y, y_new = as_numpy(model(x)), as_numpy(new(x))
     assert np.max(np.abs(y_new - y)) / np.max(np.abs(y)) <= TOLERANCES["bfloat16"]

@@ -37,9 +37,10 @@ def test_every_layer_follows_its_rule_from_the_first_call(name, tmp_path):
             if keras.backend.is_float_dtype(v.dtype):
                 assert keras.backend.standardize_dtype(v.value.dtype) == "float32"
     last = model.layers[-1]
-    assert keras.backend.standardize_dtype(y.dtype) == keras.DTypePolicy(
-        last.dtype_policy.name
-    ).compute_dtype
+    assert (
+        keras.backend.standardize_dtype(y.dtype)
+        == keras.DTypePolicy(last.dtype_policy.name).compute_dtype
+    )
     norms = [l for l in placed(model) if expected(l) == "float32"]
     assert all(kpe.explain(l).rule is not None for l in norms)
 

@@ -5,9 +5,9 @@ import pathlib
 import keras
 import numpy as np
 import pytest
-from integration.builders import BUILDERS, all_layers, data
 
 import keras_policy_ext as kpe
+from integration.builders import BUILDERS, all_layers, data
 
 DATA = pathlib.Path(__file__).parent / "data"
 BACKENDS = ("jax", "tensorflow", "torch")

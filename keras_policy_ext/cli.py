@@ -131,12 +131,27 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     check.add_argument("targets", nargs="*", metavar="TARGET", help="module:callable")
-    check.add_argument("--backends", type=_backends, help=f"comma-separated, of {', '.join(BACKENDS)} (default: all)")
-    check.add_argument("--policies", type=_csv, help="comma-separated policy names (default: float32, float64, float16, bfloat16, mixed_float16, mixed_bfloat16)")
-    check.add_argument("--layers", type=_csv, default=[], help="comma-separated zoo layer names or parts of names")
-    check.add_argument("--kpe-only", action="store_true", help="skip the comparison with Keras's own policies")
+    check.add_argument(
+        "--backends",
+        type=_backends,
+        help=f"comma-separated, of {', '.join(BACKENDS)} (default: all)",
+    )
+    check.add_argument(
+        "--policies",
+        type=_csv,
+        help="comma-separated policy names (default: float32, float64, float16, "
+        "bfloat16, mixed_float16, mixed_bfloat16)",
+    )
+    check.add_argument(
+        "--layers", type=_csv, default=[], help="comma-separated zoo layer names or parts of names"
+    )
+    check.add_argument(
+        "--kpe-only", action="store_true", help="skip the comparison with Keras's own policies"
+    )
     check.add_argument("--format", choices=["table", "json", "junit"], default="table")
-    check.add_argument("--output", metavar="FILE", help="write the report to FILE; print only the summary")
+    check.add_argument(
+        "--output", metavar="FILE", help="write the report to FILE; print only the summary"
+    )
     check.set_defaults(run=_check)
 
     doctest = commands.add_parser(
@@ -150,7 +165,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     doctest.add_argument("files", nargs="+", metavar="FILE")
-    doctest.add_argument("--backends", type=_backends, help="comma-separated (default: every installed backend)")
+    doctest.add_argument(
+        "--backends", type=_backends, help="comma-separated (default: every installed backend)"
+    )
     doctest.set_defaults(run=_doctest)
     return parser
 

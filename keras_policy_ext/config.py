@@ -27,8 +27,8 @@ _keras_set_dtype_policy = keras.config.set_dtype_policy
 
 _lock = threading.Lock()
 _default: keras.DTypePolicy | None = None  # None: the policy of floatx()
-_scoped: contextvars.ContextVar[keras.DTypePolicy | None] = (
-    contextvars.ContextVar("keras_policy_ext_scoped_policy", default=None)
+_scoped: contextvars.ContextVar[keras.DTypePolicy | None] = contextvars.ContextVar(
+    "keras_policy_ext_scoped_policy", default=None
 )
 _scoped_rules: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "keras_policy_ext_scoped_rules", default=None

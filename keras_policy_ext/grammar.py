@@ -48,9 +48,7 @@ def canonical_name(compute: str, variable: str) -> str:
     """Keras's name for the dtypes if it has one, else the long role form."""
     if compute == variable:
         return compute
-    return KERAS_NAMES.get(
-        (compute, variable), f"params={variable},compute={compute}"
-    )
+    return KERAS_NAMES.get((compute, variable), f"params={variable},compute={compute}")
 
 
 def parse_roles(spec: str) -> tuple[str, str, str]:

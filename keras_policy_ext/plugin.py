@@ -64,6 +64,7 @@ def _get(identifier: Any = None) -> keras.DTypePolicy:
             return owner.place(layer, path, fallback)
     return dtype_policies.get(identifier)
 
+
 _GETTER = "keras.src.dtype_policies.dtype_policy"
 # (module, attribute, kpe replacement)
 _TARGETS: tuple[tuple[str, str, Callable], ...] = (

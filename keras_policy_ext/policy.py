@@ -74,8 +74,7 @@ def parse_name(name: Any) -> tuple[str, str, str]:
         dtype = _dtype_info(name)[0]
     except ValueError:
         hint = (
-            " Quantized policies are built by "
-            "`keras_policy_ext.dtype_policies.get`."
+            " Quantized policies are built by `keras_policy_ext.dtype_policies.get`."
             if QUANTIZED_MARK in name
             else ""
         )
@@ -96,9 +95,7 @@ def from_name(name: str) -> keras.DTypePolicy:
     return DTypePolicy(name)
 
 
-@keras.saving.register_keras_serializable(
-    package="keras_policy_ext", name="DTypePolicy"
-)
+@keras.saving.register_keras_serializable(package="keras_policy_ext", name="DTypePolicy")
 class DTypePolicy(keras.DTypePolicy):
     """An immutable dtype policy that stock Keras layers accept.
 
@@ -254,8 +251,7 @@ class DTypePolicy(keras.DTypePolicy):
 
     def __setattr__(self, attr: str, value: Any) -> None:
         raise AttributeError(
-            f"{self!r} is immutable: cannot set {attr!r}. Build a new "
-            "policy instead."
+            f"{self!r} is immutable: cannot set {attr!r}. Build a new policy instead."
         )
 
     def __delattr__(self, attr: str) -> None:

@@ -61,7 +61,7 @@ class Pattern:
 
     @classmethod
     def from_config(cls, config: dict) -> Pattern:
-        (kind, text), = config.items()
+        ((kind, text),) = config.items()
         if kind not in ("glob", "regex"):
             raise ValueError(f"Invalid pattern config {config!r}: keys are 'glob' or 'regex'.")
         if kind == "glob":
@@ -157,7 +157,10 @@ class Rule:
         return (
             self.name is None
             and self.path is None
-            and (self.layer is None or (other.layer is not None and issubclass(other.layer, self.layer)))
+            and (
+                self.layer is None
+                or (other.layer is not None and issubclass(other.layer, self.layer))
+            )
         ) or (self.layer, self.name, self.path) == (other.layer, other.name, other.path)
 
     def get_config(self) -> dict:
@@ -259,8 +262,7 @@ class Rules:
         index, policy, reason = self.explain(layer_class, name, path)
         if policy is None:
             raise ValueError(
-                f"No rule matches {layer_class.__name__} {name!r} and these rules "
-                "have no default."
+                f"No rule matches {layer_class.__name__} {name!r} and these rules have no default."
             )
         return policy
 
@@ -366,7 +368,7 @@ def explain(layer: keras.layers.Layer) -> Explanation:
     ...     softmax = keras.layers.Softmax(name="softmax")
     ...     dense = keras.layers.Dense(2, name="dense")
     >>> print(kpe.explain(softmax))
-    Softmax 'softmax' -> float32: rule 0 Rule('float32', layer=Softmax, reason='exp overflows in float16'): exp overflows in float16
+    Softmax 'softmax' -> float32: rule 0 Rule('float32', ...): exp overflows in float16
     >>> print(kpe.explain(dense))
     Dense 'dense' -> mixed_float16: no rule matched: the default
     """

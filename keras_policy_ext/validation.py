@@ -49,8 +49,7 @@ def validate(policy: Any, backend: str | None = None) -> Validation:
     backend = keras.backend.backend() if backend is None else backend
     if backend not in BACKENDS:
         raise ValueError(
-            f"Unknown backend: backend={backend!r}; valid backends: "
-            f"{', '.join(BACKENDS)}."
+            f"Unknown backend: backend={backend!r}; valid backends: {', '.join(BACKENDS)}."
         )
     policy = dtype_policies.get(policy)
     if policy.quantization_mode is not None:

@@ -78,9 +78,7 @@ def test_output_cast_to_float32_is_reported_with_everything_named():
 
 
 def test_variables_in_the_wrong_dtype_are_reported():
-    report = check_layer(
-        Float32Weights, X, ["float16", "mixed_float16"], train=False
-    )
+    report = check_layer(Float32Weights, X, ["float16", "mixed_float16"], train=False)
     assert findings(report, "variable") and all(
         f.policy == "float16" and f.expected == "float16" for f in findings(report, "variable")
     )
@@ -114,7 +112,9 @@ def test_symbolic_dtype_disagreeing_with_eager_is_reported():
 
 def test_a_training_step_that_changes_nothing_is_reported():
     report = check_layer(UnusedWeight, X, ["float32"])
-    assert [(f.check, f.seen) for f in report.findings] == [("train", "no variable changed in 1 step(s)")]
+    assert [(f.check, f.seen) for f in report.findings] == [
+        ("train", "no variable changed in 1 step(s)")
+    ]
 
 
 def test_unsupported_policies_are_reported_per_backend():
@@ -126,7 +126,9 @@ def test_unsupported_policies_are_reported_per_backend():
         assert any("holds float32 (declares float64)" in s for s in seen)
 
 
-@pytest.mark.parametrize("policy", ["float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize(
+    "policy", ["float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16"]
+)
 def test_stock_dense_conforms(policy):
     assert check_layer(lambda: keras.layers.Dense(3), X, [policy]).ok
 
@@ -174,6 +176,7 @@ def test_a_model_checked_under_rules_is_judged_per_layer():
     rules = kpe.rules.FLOAT32_NUMERICS
     ruled = check_layer(model, X, ["mixed_float16", "mixed_bfloat16"], rules=rules)
     assert ruled.ok, str(ruled)
+
     # The same model whose norm is float32 by hand, judged by the scope's policy alone:
     def by_hand():
         inputs = keras.Input((4,))

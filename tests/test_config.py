@@ -63,8 +63,13 @@ def test_stock_layers_in_the_calling_thread_follow_without_the_plugin():
 
 @pytest.mark.parametrize(
     "bad, error",
-    [(None, ValueError), (3, ValueError), (object(), ValueError),
-     ("float33", ValueError), ("mixed_float32", ValueError)],
+    [
+        (None, ValueError),
+        (3, ValueError),
+        (object(), ValueError),
+        ("float33", ValueError),
+        ("mixed_float32", ValueError),
+    ],
 )
 def test_bad_input_raises_and_changes_nothing(bad, error):
     kpe.config.set_dtype_policy("mixed_bfloat16")

@@ -103,10 +103,7 @@ def test_package_module_is_imported_by_its_name_not_run_twice():
     result = doctests.run_file(str(ROOT / "keras_policy_ext" / "policy.py"))
     assert result["attempted"] > 0 and result["failed"] == 0
     # A second run of policy.py would register a second DTypePolicy class.
-    assert (
-        keras.saving.get_registered_object("keras_policy_ext>DTypePolicy")
-        is kpe.DTypePolicy
-    )
+    assert keras.saving.get_registered_object("keras_policy_ext>DTypePolicy") is kpe.DTypePolicy
 
 
 def test_missing_and_broken_files(tmp_path):

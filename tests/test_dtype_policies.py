@@ -25,8 +25,10 @@ def test_get_returns_policy_instances_unchanged():
 
 @pytest.mark.parametrize(
     "name, cls",
-    [("int8_from_float32", "QuantizedDTypePolicy"),
-     ("float8_from_mixed_bfloat16", "QuantizedFloat8DTypePolicy")],
+    [
+        ("int8_from_float32", "QuantizedDTypePolicy"),
+        ("float8_from_mixed_bfloat16", "QuantizedFloat8DTypePolicy"),
+    ],
 )
 def test_quantized_names_are_keras_s(name, cls):
     policy = dtype_policies.get(name)

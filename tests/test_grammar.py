@@ -40,7 +40,15 @@ def test_equal_to_keras_s_policy_of_the_same_dtypes():
 
 
 def test_every_keras_name_round_trips():
-    for name in ["float16", "bfloat16", "float32", "float64", "mixed_float16", "mixed_bfloat16", "int32"]:
+    for name in [
+        "float16",
+        "bfloat16",
+        "float32",
+        "float64",
+        "mixed_float16",
+        "mixed_bfloat16",
+        "int32",
+    ]:
         policy = kpe.DTypePolicy(name)
         assert kpe.DTypePolicy(str(policy)) == policy and str(policy) == name
 

@@ -81,8 +81,12 @@ def test_equality_is_symmetric_with_keras(a, b):
 
 @pytest.mark.parametrize(
     "a, b",
-    [("float32", "float16"), ("mixed_float16", "float16"),
-     ("mixed_bfloat16", "mixed_float16"), ("bfloat16", "mixed_bfloat16")],
+    [
+        ("float32", "float16"),
+        ("mixed_float16", "float16"),
+        ("mixed_bfloat16", "mixed_float16"),
+        ("bfloat16", "mixed_bfloat16"),
+    ],
 )
 def test_different_dtypes_are_unequal_both_ways(a, b):
     ours, theirs = kpe.DTypePolicy(a), keras.DTypePolicy(b)

@@ -47,5 +47,8 @@ def test_default_policies_and_a_readable_failure(pytester):
     # Only float32 conforms: every other default policy expects another dtype.
     assert outcomes["passed"] == 1 and outcomes["failed"] == 5
     result.stdout.fnmatch_lines(
-        ["*ConformanceError*", "*CastsToFloat32 under kpe 'mixed_float16'*expected float16, saw output 0 is float32*"]
+        [
+            "*ConformanceError*",
+            "*CastsToFloat32 under kpe 'mixed_float16'*expected float16, saw output 0 is float32*",
+        ]
     )

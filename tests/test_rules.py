@@ -47,7 +47,12 @@ def test_glob_and_regex_patterns_match_in_full():
         (lambda: Rule("float32", layer=int), TypeError, ["int"]),
         (lambda: Rule("float33", name="x"), ValueError, ["float33"]),
         (
-            lambda: Rules([Rule("float32", layer=keras.layers.Layer), Rule("float16", layer=keras.layers.Dense)]),
+            lambda: Rules(
+                [
+                    Rule("float32", layer=keras.layers.Layer),
+                    Rule("float16", layer=keras.layers.Dense),
+                ]
+            ),
             ValueError,
             ["Rule 1", "can never match", "rule 0"],
         ),
@@ -74,7 +79,9 @@ def test_repr_and_config_round_trip():
     assert "path=re.compile('enc.*')" in repr(rules)
     back = Rules.from_config(rules.get_config())
     assert back == rules and hash(back) == hash(rules)
-    assert keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(rules)) == rules
+    assert (
+        keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(rules)) == rules
+    )
 
 
 def test_rules_need_the_plugin():

@@ -85,8 +85,7 @@ def run_per_backend(
                     results[backend] = json.load(f)
             else:
                 results[backend] = {
-                    "error": f"exit status {child.returncode}: "
-                    + " | ".join(tails[backend])
+                    "error": f"exit status {child.returncode}: " + " | ".join(tails[backend])
                 }
         return results
 

@@ -109,9 +109,7 @@ class Report:
     def from_dict(cls, data: dict) -> Report:
         return cls(
             tuple(
-                CaseResult(
-                    **{**c, "findings": tuple(Finding(**f) for f in c["findings"])}
-                )
+                CaseResult(**{**c, "findings": tuple(Finding(**f) for f in c["findings"])})
                 for c in data["cases"]
             )
         )
@@ -220,7 +218,9 @@ class _Case:
             layer = self.build()
             outputs = layer(*self.args)
         except Exception as e:
-            self.finding("call", "the layer builds and runs", _error(e), f"error {type(e).__name__}")
+            self.finding(
+                "call", "the layer builds and runs", _error(e), f"error {type(e).__name__}"
+            )
         else:
             self.check_variables(layer)
             eager = self.check_outputs(layer, outputs)
@@ -242,10 +242,14 @@ class _Case:
             expected = self.expected_variable_dtype(v.path, owners)
             declared, held = _dtype(v), _dtype(v.value)
             if declared != expected:
-                self.finding("variable", expected, f"{v.path} is {declared}{when}", f"var {declared}")
+                self.finding(
+                    "variable", expected, f"{v.path} is {declared}{when}", f"var {declared}"
+                )
             elif held != expected:
                 self.finding(
-                    "variable", expected, f"{v.path} holds {held}{when} (declares {declared})",
+                    "variable",
+                    expected,
+                    f"{v.path} holds {held}{when} (declares {declared})",
                     f"var holds {held}",
                 )
 
@@ -269,7 +273,9 @@ class _Case:
                 flat = keras.tree.flatten(layer(*symbolic_args))
         except Exception as e:
             self.finding(
-                "symbolic", "the layer runs on KerasTensors", _error(e),
+                "symbolic",
+                "the layer runs on KerasTensors",
+                _error(e),
                 f"symbolic error {type(e).__name__}",
             )
             return
@@ -298,9 +304,7 @@ class _Case:
                 )  # fmt: skip
                 expected = keras.tree.flatten(reference(*self.args))
         except Exception as e:
-            self.finding(
-                "numerics", "a float32 reference run", _error(e), "no reference"
-            )
+            self.finding("numerics", "a float32 reference run", _error(e), "no reference")
             return
         for i, (y, r) in enumerate(zip(keras.tree.flatten(outputs), expected)):
             if not (_is_float(y) and _is_float(r)):
@@ -319,9 +323,7 @@ class _Case:
         x = [np.asarray(a) for a in keras.tree.flatten(self.args)]
         try:
             with config.policy_scope(self.policy):
-                inputs = [
-                    keras.Input(batch_shape=a.shape, dtype=str(a.dtype)) for a in x
-                ]
+                inputs = [keras.Input(batch_shape=a.shape, dtype=str(a.dtype)) for a in x]
                 structured = keras.tree.pack_sequence_as(self.args, inputs)
                 output = keras.tree.flatten(layer(*structured))[0]
                 model = keras.Model(inputs, output)
@@ -331,7 +333,9 @@ class _Case:
             steps = self.train_steps(model, x, target, layer, before)
         except Exception as e:
             self.finding(
-                "train", "one train_on_batch step runs", _error(e),
+                "train",
+                "one train_on_batch step runs",
+                _error(e),
                 f"train error {type(e).__name__}",
             )
             return
@@ -341,7 +345,9 @@ class _Case:
             self.finding("train", "finite updates", "NaN or Inf in a variable", "train NaN/Inf")
         elif all(np.array_equal(a, b) for a, b in zip(after, before)):
             self.finding(
-                "train", "a non-zero update", f"no variable changed in {steps} step(s)",
+                "train",
+                "a non-zero update",
+                f"no variable changed in {steps} step(s)",
                 "no update",
             )
 
@@ -359,6 +365,7 @@ class _Case:
             ):
                 return step
         return LOSS_SCALE_STEPS
+
 
 def check_layer(
     factory: Callable[[], keras.Layer],
@@ -395,7 +402,7 @@ def check_layer(
     >>> report = kpe.testing.check_layer(
     ...     CastsToFloat32, np.ones((2, 3), "float32"), ["mixed_float16"])
     >>> print(report.findings[0])
-    CastsToFloat32 under kpe 'mixed_float16' on ...: output: expected float16, saw output 0 is float32
+    CastsToFloat32 under kpe 'mixed_float16' on ...: output: expected float16, saw ... float32
     """
     label = name or getattr(factory, "__name__", type(factory).__name__)
     options = {
@@ -415,7 +422,10 @@ def check_layer(
 
 
 def assert_conforms(
-    factory: Callable[[], keras.Layer], inputs: Any, policies: Iterable[Any] = DEFAULT_POLICIES, **kwargs: Any
+    factory: Callable[[], keras.Layer],
+    inputs: Any,
+    policies: Iterable[Any] = DEFAULT_POLICIES,
+    **kwargs: Any,
 ) -> Report:
     """`check_layer`, raising `ConformanceError` listing every finding.
 

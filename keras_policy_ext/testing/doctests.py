@@ -124,9 +124,7 @@ def _doctests(path: str) -> tuple[list[doctest.DocTest], str | None]:
         return doctest.DocTestFinder().find(module), unload
     text = Path(path).read_text(encoding="utf-8")
     name = os.path.basename(path)
-    test = doctest.DocTestParser().get_doctest(
-        text, {"__name__": "__main__"}, name, path, 0
-    )
+    test = doctest.DocTestParser().get_doctest(text, {"__name__": "__main__"}, name, path, 0)
     return [test], None
 
 
@@ -186,20 +184,20 @@ def run_files(paths: Sequence[str], backends: Sequence[str]) -> dict[str, list[d
     entry, for file `"*"`, carrying the error.
     """
     paths = expand_paths(paths)
-    raw = run_per_backend(
-        "keras_policy_ext.testing.doctests", {"paths": paths}, backends
-    )
+    raw = run_per_backend("keras_policy_ext.testing.doctests", {"paths": paths}, backends)
     results = {}
     for backend, result in raw.items():
         if isinstance(result, dict):
-            result = [{
-                "file": "*",
-                "backend": backend,
-                "attempted": 0,
-                "failed": 1,
-                "skipped": 0,
-                "failures": [f"{backend} subprocess failed: {result['error']}\n"],
-            }]
+            result = [
+                {
+                    "file": "*",
+                    "backend": backend,
+                    "attempted": 0,
+                    "failed": 1,
+                    "skipped": 0,
+                    "failures": [f"{backend} subprocess failed: {result['error']}\n"],
+                }
+            ]
         results[backend] = result
     return results
 
@@ -236,10 +234,7 @@ def format_report(results: dict[str, list[dict]]) -> str:
     lines = [
         "  ".join(
             [file.ljust(width)]
-            + [
-                f"{b}: {_cell(by_key[file, b]) if (file, b) in by_key else '-'}"
-                for b in results
-            ]
+            + [f"{b}: {_cell(by_key[file, b]) if (file, b) in by_key else '-'}" for b in results]
         )
         for file in files
     ]

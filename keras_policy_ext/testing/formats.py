@@ -56,16 +56,13 @@ def table(result: MatrixResult) -> str:
     grouped: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for backend, r in result.backends.items():
         for case in r.get("cases", []):
-            grouped.setdefault((case["layer"], case["policy"]), {}).setdefault(
-                backend, []
-            ).append(case)
+            grouped.setdefault((case["layer"], case["policy"]), {}).setdefault(backend, []).append(
+                case
+            )
     header = ["layer", "policy", *backends]
     rows = [
         [layer, policy]
-        + [
-            _cell(cells[b]) if b in cells else _absent(result.backends[b])
-            for b in backends
-        ]
+        + [_cell(cells[b]) if b in cells else _absent(result.backends[b]) for b in backends]
         for (layer, policy), cells in grouped.items()
     ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

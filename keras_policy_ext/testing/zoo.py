@@ -62,9 +62,7 @@ ZOO: dict[str, ZooEntry] = {
         ),
         ZooEntry(
             "GroupQueryAttention",
-            lambda: L.GroupQueryAttention(
-                head_dim=4, num_query_heads=4, num_key_value_heads=2
-            ),
+            lambda: L.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2),
             _pair(2, 5, 8),
         ),
         ZooEntry("Attention", lambda: L.Attention(), _pair(2, 5, 8, as_list=True)),

@@ -9,7 +9,14 @@
 
 from importlib.metadata import version as _version
 
-from keras_policy_ext import config, dtype_policies, mixed_precision, rules, testing
+from keras_policy_ext import (
+    config,
+    dtype_policies,
+    loss_scale,
+    mixed_precision,
+    rules,
+    testing,
+)
 from keras_policy_ext.plugin import install, installed, is_installed, uninstall
 from keras_policy_ext.policy import DTypePolicy, FloatDTypePolicy
 from keras_policy_ext.retarget import load_model, retarget
@@ -30,6 +37,7 @@ __all__ = [
     "installed",
     "is_installed",
     "load_model",
+    "loss_scale",
     "mixed_precision",
     "retarget",
     "rules",

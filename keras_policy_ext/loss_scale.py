@@ -1,0 +1,256 @@
+"""Loss scales for custom training loops, written with `keras.ops` only.
+
+A loss scale multiplies the loss before differentiation, so that float16
+gradients do not underflow, and divides the gradients after. Both kinds are
+immutable values, as in jmp: `adjust` returns a new one.
+
+- `StaticLossScale(scale)`: a fixed scale.
+- `DynamicLossScale(...)`: halves (`/ factor`) after a step with non-finite
+  gradients, doubles (`* factor`) after `period` finite steps in a row, and
+  stays within `[floor, ceiling]`: it never collapses to zero (Keras's
+  `LossScaleOptimizer` reaches 0.0 after 200 non-finite steps) nor overflows.
+
+Their tensors (scale, counters) are the children of a tree and the settings
+(`period`, `factor`, `floor`, `ceiling`) its static data, so the settings
+survive `tree_flatten` / `tree_unflatten`, `jax.jit` (the classes are JAX
+pytrees when JAX is loaded), `tf.function` and `get_config` / `from_config`.
+`all_finite(grads)` says whether a step's gradients may be applied.
+
+>>> import keras, keras_policy_ext as kpe
+>>> scale = kpe.loss_scale.DynamicLossScale(initial=2.0**15, floor=1.0)
+>>> float(scale.scale(keras.ops.convert_to_tensor(2.0)))
+65536.0
+>>> for _ in range(40):
+...     scale = scale.adjust(keras.ops.convert_to_tensor(False))
+>>> float(scale.loss_scale), int(scale.skipped_steps), int(scale.floor_steps)
+(1.0, 40, 26)
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+import keras
+from keras import ops
+
+__all__ = ["DynamicLossScale", "LossScaleStuckError", "StaticLossScale", "all_finite"]
+
+
+def all_finite(tree: Any) -> Any:
+    """A boolean scalar tensor: whether every tensor in `tree` is finite.
+
+    >>> import numpy as np, keras_policy_ext as kpe
+    >>> bool(kpe.loss_scale.all_finite({"a": np.ones(2), "b": [np.array([1.0, np.inf])]}))
+    False
+    """
+    leaves = [ops.all(ops.isfinite(x)) for x in keras.tree.flatten(tree) if x is not None]
+    return ops.all(ops.stack(leaves)) if leaves else ops.convert_to_tensor(True)
+
+
+def _unscale(tree: Any, scale: Any) -> Any:
+    inverse = ops.divide(1.0, ops.cast(scale, "float32"))
+    return keras.tree.map_structure(
+        lambda g: None if g is None else ops.multiply(g, ops.cast(inverse, g.dtype)), tree
+    )
+
+
+class StaticLossScale:
+    """A fixed loss scale.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> scale = kpe.loss_scale.StaticLossScale(128.0)
+    >>> float(scale.scale(keras.ops.convert_to_tensor(0.5)))
+    64.0
+    >>> float(scale.unscale([keras.ops.convert_to_tensor(64.0)])[0])
+    0.5
+    """
+
+    def __init__(self, loss_scale: Any) -> None:
+        self.loss_scale = ops.convert_to_tensor(loss_scale, "float32")
+
+    def scale(self, loss: Any) -> Any:
+        """`loss * loss_scale`, in the loss's dtype."""
+        return ops.multiply(loss, ops.cast(self.loss_scale, loss.dtype))
+
+    def unscale(self, grads: Any) -> Any:
+        """`grads / loss_scale`, each gradient in its own dtype."""
+        return _unscale(grads, self.loss_scale)
+
+    def adjust(self, grads_finite: Any) -> StaticLossScale:
+        """The same scale: a static scale does not move."""
+        return self
+
+    def tree_flatten(self) -> tuple[tuple, None]:
+        return (self.loss_scale,), None
+
+    @classmethod
+    def tree_unflatten(cls, aux: None, children: tuple) -> StaticLossScale:
+        return cls(children[0])
+
+    def get_config(self) -> dict:
+        return {"loss_scale": float(ops.convert_to_numpy(self.loss_scale))}
+
+    @classmethod
+    def from_config(cls, config: dict) -> StaticLossScale:
+        return cls(**config)
+
+    def __repr__(self) -> str:
+        return f"StaticLossScale({self.get_config()['loss_scale']:g})"
+
+
+class LossScaleStuckError(RuntimeError):
+    """`DynamicLossScale.check` found the scale stuck at its floor."""
+
+
+class DynamicLossScale:
+    """A loss scale that follows the gradients, within `[floor, ceiling]`.
+
+    `initial`: the first scale (Keras's default, 2**15). `period`: finite
+    steps in a row before the scale grows. `factor`: what it grows and
+    shrinks by. `floor`, `ceiling`: its bounds. Telemetry, as tensors:
+    `skipped_steps` (steps with non-finite gradients) and `floor_steps`
+    (steps that ended at the floor); `check()` acts on them.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> scale = kpe.loss_scale.DynamicLossScale(initial=4.0, period=2, ceiling=8.0)
+    >>> finite = keras.ops.convert_to_tensor(True)
+    >>> [float(scale := scale.adjust(finite)) for _ in range(6)]
+    [4.0, 8.0, 8.0, 8.0, 8.0, 8.0]
+    """
+
+    def __init__(
+        self,
+        initial: float = 2.0**15,
+        *,
+        period: int = 2000,
+        factor: float = 2.0,
+        floor: float = 1.0,
+        ceiling: float = 2.0**24,
+        counter: Any = 0,
+        skipped_steps: Any = 0,
+        floor_steps: Any = 0,
+    ) -> None:
+        if not (isinstance(period, int) and period >= 1):
+            raise ValueError(f"Invalid period={period!r}: expected an int >= 1.")
+        if not factor > 1:
+            raise ValueError(f"Invalid factor={factor!r}: expected a number > 1.")
+        if not 0 < floor <= ceiling:
+            raise ValueError(
+                f"Invalid floor={floor!r}, ceiling={ceiling!r}: expected 0 < floor <= ceiling."
+            )
+        self.period, self.factor = period, float(factor)
+        self.floor, self.ceiling = float(floor), float(ceiling)
+        self.loss_scale = ops.clip(ops.convert_to_tensor(initial, "float32"), floor, ceiling)
+        self.counter = ops.convert_to_tensor(counter, "int32")
+        self.skipped_steps = ops.convert_to_tensor(skipped_steps, "int32")
+        self.floor_steps = ops.convert_to_tensor(floor_steps, "int32")
+
+    def scale(self, loss: Any) -> Any:
+        """`loss * loss_scale`, in the loss's dtype (compute the loss in float32)."""
+        return ops.multiply(loss, ops.cast(self.loss_scale, loss.dtype))
+
+    def unscale(self, grads: Any) -> Any:
+        """`grads / loss_scale`, each gradient in its own dtype."""
+        return _unscale(grads, self.loss_scale)
+
+    def adjust(self, grads_finite: Any) -> DynamicLossScale:
+        """The scale after a step whose gradients were (not) all finite."""
+        finite = ops.convert_to_tensor(grads_finite, "bool")
+        grow = ops.logical_and(finite, ops.equal(self.counter, self.period - 1))
+        scale = ops.where(
+            grow,
+            ops.minimum(ops.multiply(self.loss_scale, self.factor), self.ceiling),
+            ops.where(
+                finite,
+                self.loss_scale,
+                ops.maximum(ops.divide(self.loss_scale, self.factor), self.floor),
+            ),
+        )
+        counter = ops.where(ops.logical_and(finite, ops.logical_not(grow)), self.counter + 1, 0)
+        at_floor = ops.cast(ops.less_equal(scale, self.floor), "int32")
+        return self._with(
+            scale,
+            counter,
+            self.skipped_steps + ops.cast(ops.logical_not(finite), "int32"),
+            self.floor_steps + at_floor,
+        )
+
+    def check(self, max_floor_steps: int, on_stuck: str = "warn") -> None:
+        """Warns or raises when the scale spent more than `max_floor_steps` at its floor.
+
+        Eager only (it reads the telemetry): call it between steps, outside
+        `jit` / `tf.function`. `on_stuck` is `"warn"` (a `RuntimeWarning`) or
+        `"raise"` (`LossScaleStuckError`): a scale stuck at its floor means the
+        gradients are non-finite whatever the scale, so the model diverged.
+        """
+        if on_stuck not in ("warn", "raise"):
+            raise ValueError(f"Invalid on_stuck={on_stuck!r}: expected 'warn' or 'raise'.")
+        steps = int(ops.convert_to_numpy(self.floor_steps))
+        if steps > max_floor_steps:
+            message = (
+                f"The loss scale spent {steps} steps at its floor ({self.floor:g}), "
+                f"more than {max_floor_steps}: the gradients stay non-finite "
+                f"({int(ops.convert_to_numpy(self.skipped_steps))} steps skipped)."
+            )
+            if on_stuck == "raise":
+                raise LossScaleStuckError(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def _settings(self) -> tuple:
+        return self.period, self.factor, self.floor, self.ceiling
+
+    def _with(self, scale: Any, counter: Any, skipped: Any, floor_steps: Any) -> DynamicLossScale:
+        return type(self).tree_unflatten(self._settings(), (scale, counter, skipped, floor_steps))
+
+    def tree_flatten(self) -> tuple[tuple, tuple]:
+        """`(tensors, settings)`: the settings are static data."""
+        children = (self.loss_scale, self.counter, self.skipped_steps, self.floor_steps)
+        return children, self._settings()
+
+    @classmethod
+    def tree_unflatten(cls, aux: tuple, children: tuple) -> DynamicLossScale:
+        new = cls.__new__(cls)
+        new.period, new.factor, new.floor, new.ceiling = aux
+        new.loss_scale, new.counter, new.skipped_steps, new.floor_steps = children
+        return new
+
+    def get_config(self) -> dict:
+        def value(x: Any) -> Any:
+            return ops.convert_to_numpy(x).item()
+
+        return {
+            "initial": value(self.loss_scale),
+            "period": self.period,
+            "factor": self.factor,
+            "floor": self.floor,
+            "ceiling": self.ceiling,
+            "counter": value(self.counter),
+            "skipped_steps": value(self.skipped_steps),
+            "floor_steps": value(self.floor_steps),
+        }
+
+    @classmethod
+    def from_config(cls, config: dict) -> DynamicLossScale:
+        return cls(**config)
+
+    def __float__(self) -> float:
+        return float(ops.convert_to_numpy(self.loss_scale))
+
+    def __repr__(self) -> str:
+        return (
+            f"DynamicLossScale(period={self.period}, factor={self.factor:g}, "
+            f"floor={self.floor:g}, ceiling={self.ceiling:g})"
+        )
+
+
+def _register_with_jax() -> None:
+    """Makes both classes JAX pytrees when JAX is loaded (it is on its backend)."""
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        for cls in (StaticLossScale, DynamicLossScale):
+            jax.tree_util.register_pytree_node_class(cls)
+
+
+_register_with_jax()

@@ -21,6 +21,7 @@ from keras_policy_ext.plugin import install, installed, is_installed, uninstall
 from keras_policy_ext.policy import DTypePolicy, FloatDTypePolicy
 from keras_policy_ext.retarget import load_model, retarget
 from keras_policy_ext.rules import Rule, Rules, explain, with_float32_outputs
+from keras_policy_ext.scaled_fit import LossScaleOptimizer, compile, needs_loss_scaling
 from keras_policy_ext.validation import Validation, validate
 
 __version__ = _version("keras-policy-ext")
@@ -28,8 +29,10 @@ __version__ = _version("keras-policy-ext")
 __all__ = [
     "DTypePolicy",
     "FloatDTypePolicy",
+    "LossScaleOptimizer",
     "Rule",
     "Rules",
+    "compile",
     "config",
     "dtype_policies",
     "explain",
@@ -39,6 +42,7 @@ __all__ = [
     "load_model",
     "loss_scale",
     "mixed_precision",
+    "needs_loss_scaling",
     "retarget",
     "rules",
     "testing",

@@ -15,6 +15,10 @@ these attributes, after checking that each exists on the installed Keras:
   `dtype_policies.get`), and reads the name scope the layer is built under
   with `keras.src.backend.common.name_scope.current_path`.
 
+- `keras.src.trainers.trainer.Trainer.compile` (`Model.compile`): wrapped
+  so that `auto_scale_loss` scales by dtypes, with kpe's floored
+  `LossScaleOptimizer` (`keras_policy_ext.scaled_fit`).
+
 and, for user code, the public names bound to those functions:
 `keras.config.{dtype_policy, set_dtype_policy}`,
 `keras.mixed_precision.{dtype_policy, global_policy, set_dtype_policy,
@@ -22,7 +26,8 @@ set_global_policy}` and `keras.dtype_policies.get`.
 
 Each is replaced by its kpe counterpart (`keras_policy_ext.config`,
 `keras_policy_ext.dtype_policies.get`); `uninstall()` puts Keras's own back.
-Keras's legacy `keras._tf_keras` namespace is left alone.
+Keras's legacy `keras._tf_keras` namespace is left alone. `sublayers`
+lists a layer's nested layers with `Layer._flatten_layers`, also checked.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from typing import Any
 
 import keras
 
-from keras_policy_ext import config, dtype_policies, rules
+from keras_policy_ext import config, dtype_policies, rules, scaled_fit
 
 _LAYER_INIT = keras.layers.Layer.__init__.__code__
 
@@ -65,9 +70,25 @@ def _get(identifier: Any = None) -> keras.DTypePolicy:
     return dtype_policies.get(identifier)
 
 
+def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """Every layer nested in `layer` (not `layer` itself), depth first."""
+    return list(layer._flatten_layers(include_self=False))
+
+
+_COMPILE = ("keras.src.trainers.trainer.Trainer", "compile")
+
+
+def _compile(self: keras.Model, optimizer: Any = "rmsprop", *args: Any, **kwargs: Any) -> None:
+    """`Model.compile`, loss-scaling by dtypes (`keras_policy_ext.compile`)."""
+    auto_scale_loss = kwargs.pop("auto_scale_loss", True)
+    optimizer = scaled_fit.scaled_optimizer(self, optimizer, auto_scale_loss)
+    _originals[_COMPILE](self, optimizer, *args, auto_scale_loss=False, **kwargs)
+
+
 _GETTER = "keras.src.dtype_policies.dtype_policy"
-# (module, attribute, kpe replacement)
+# (module or class, attribute, kpe replacement)
 _TARGETS: tuple[tuple[str, str, Callable], ...] = (
+    (*_COMPILE, _compile),
     (_GETTER, "dtype_policy", config.dtype_policy),
     (_GETTER, "set_dtype_policy", config.set_dtype_policy),
     ("keras.src.dtype_policies", "get", _get),
@@ -84,17 +105,30 @@ _lock = threading.Lock()
 _originals: dict[tuple[str, str], Callable] = {}
 
 
-def _resolve() -> list[tuple[object, str, Callable]]:
-    missing, resolved = [], []
-    for module_name, attr, replacement in _TARGETS:
+def owner(path: str) -> Any:
+    """The module, or class in a module, that a dotted path names (or `None`)."""
+    module_name, obj, rest = path, None, []
+    while module_name and obj is None:
         try:
-            module = importlib.import_module(module_name)
+            obj = importlib.import_module(module_name)
         except ImportError:
-            module = None
-        if not callable(getattr(module, attr, None)):
-            missing.append(f"{module_name}.{attr}")
+            module_name, _, last = module_name.rpartition(".")
+            rest.insert(0, last)
+    for part in rest:
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _resolve() -> list[tuple[str, object, str, Callable]]:
+    missing, resolved = [], []
+    for path, attr, replacement in _TARGETS:
+        target = owner(path)
+        if not callable(getattr(target, attr, None)):
+            missing.append(f"{path}.{attr}")
         else:
-            resolved.append((module, attr, replacement))
+            resolved.append((path, target, attr, replacement))
+    if not hasattr(keras.layers.Layer, "_flatten_layers"):
+        missing.append("keras.layers.Layer._flatten_layers")
     if not {"dtype_policies", "get"} <= set(_LAYER_INIT.co_names):
         missing.append("keras.layers.Layer.__init__ calling dtype_policies.get")
     try:
@@ -129,9 +163,9 @@ def install() -> None:
     with _lock:
         if _originals:
             return
-        for module, attr, replacement in _resolve():
-            _originals[(module.__name__, attr)] = getattr(module, attr)
-            setattr(module, attr, replacement)
+        for path, target, attr, replacement in _resolve():
+            _originals[(path, attr)] = getattr(target, attr)
+            setattr(target, attr, replacement)
 
 
 def uninstall() -> None:
@@ -143,8 +177,8 @@ def uninstall() -> None:
     True
     """
     with _lock:
-        for (module_name, attr), original in _originals.items():
-            setattr(importlib.import_module(module_name), attr, original)
+        for (path, attr), original in _originals.items():
+            setattr(owner(path), attr, original)
         _originals.clear()
 
 

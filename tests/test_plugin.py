@@ -19,9 +19,7 @@ PUBLIC = [
 
 
 def snapshot():
-    import importlib
-
-    return {(m, a): getattr(importlib.import_module(m), a) for m, a, _ in plugin._TARGETS}
+    return {(path, a): getattr(plugin.owner(path), a) for path, a, _ in plugin._TARGETS}
 
 
 def test_install_and_uninstall_are_idempotent_and_restore_keras_exactly():

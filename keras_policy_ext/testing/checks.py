@@ -186,7 +186,7 @@ class _Case:
 
     def layer_policies(self, layer) -> list[tuple[str, keras.DTypePolicy]]:
         """`(path, policy)` of the layer and every sublayer, deepest paths first."""
-        layers = [layer, *layer._flatten_layers(include_self=False)]
+        layers = [layer, *plugin.sublayers(layer)]
         found = [(l.path, l.dtype_policy) for l in layers if l.path]
         return sorted(found, key=lambda item: -len(item[0]))
 

@@ -1,0 +1,113 @@
+"""Loss scaling in `fit`, keyed on dtypes: a floored `LossScaleOptimizer`.
+
+Keras wraps the optimizer in a `LossScaleOptimizer` only when the model's
+policy is *named* `"mixed_float16"`, and that optimizer's scale has no
+floor. kpe scales whenever any layer computes in float16 with float32
+variables (whatever the policy's name, rules included), with a scale held
+within `[floor, ceiling]`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="keras_policy_ext", name="LossScaleOptimizer")
+class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
+    """Keras's `LossScaleOptimizer` with its dynamic scale held in `[floor, ceiling]`.
+
+    After every step (`apply`, and `stateless_apply` on JAX), the scale
+    Keras computed is clipped to the bounds: 200 non-finite steps leave it at
+    `floor`, not at 0.0.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> optimizer = kpe.LossScaleOptimizer(keras.optimizers.SGD(), floor=2.0)
+    >>> optimizer.floor, optimizer.ceiling
+    (2.0, 16777216.0)
+    """
+
+    def __init__(
+        self,
+        inner_optimizer: keras.optimizers.Optimizer,
+        initial_scale: float = 2.0**15,
+        dynamic_growth_steps: int = 2000,
+        floor: float = 1.0,
+        ceiling: float = 2.0**24,
+        **kwargs: Any,
+    ) -> None:
+        if not 0 < floor <= initial_scale <= ceiling:
+            raise ValueError(
+                f"Invalid floor={floor!r}, initial_scale={initial_scale!r}, "
+                f"ceiling={ceiling!r}: expected 0 < floor <= initial_scale <= ceiling."
+            )
+        super().__init__(inner_optimizer, initial_scale, dynamic_growth_steps, **kwargs)
+        self.floor, self.ceiling = float(floor), float(ceiling)
+
+    def _clipped(self, scale: Any) -> Any:
+        return ops.clip(scale, self.floor, self.ceiling)
+
+    def apply(self, grads: Any, trainable_variables: Any = None) -> None:
+        super().apply(grads, trainable_variables)
+        self.dynamic_scale.assign(self._clipped(self.dynamic_scale))
+
+    def stateless_apply(self, optimizer_variables: Any, grads: Any, trainable_variables: Any):
+        new_trainable, new_optimizer = super().stateless_apply(
+            optimizer_variables, grads, trainable_variables
+        )
+        index = next(i for i, v in enumerate(self.variables) if v is self.dynamic_scale)
+        new_optimizer = list(new_optimizer)
+        new_optimizer[index] = self._clipped(new_optimizer[index])
+        return new_trainable, new_optimizer
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "floor": self.floor, "ceiling": self.ceiling}
+
+
+def needs_loss_scaling(model: keras.layers.Layer) -> bool:
+    """Whether the model or any of its layers computes in float16 with float32 variables.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> with kpe.config.policy_scope("params=float32,compute=float16"):
+    ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> kpe.needs_loss_scaling(model)
+    True
+    """
+    from keras_policy_ext.plugin import sublayers
+
+    layers = [model, *sublayers(model)]
+    return any(
+        (layer.compute_dtype, layer.variable_dtype) == ("float16", "float32") for layer in layers
+    )
+
+
+def compile(model: keras.Model, optimizer: Any = "rmsprop", **kwargs: Any) -> None:
+    """`model.compile`, loss-scaling by dtypes with kpe's floored optimizer.
+
+    When `needs_loss_scaling(model)` and `auto_scale_loss` (default `True`),
+    the optimizer is wrapped in `kpe.LossScaleOptimizer`; a model that needs
+    no scaling compiles as it would. With the plugin installed, plain
+    `model.compile(...)` does the same.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> with kpe.config.policy_scope("mixed_float16"):
+    ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> kpe.compile(model, "sgd", loss="mse")
+    >>> type(model.optimizer).__module__, model.optimizer.floor
+    ('keras_policy_ext.scaled_fit', 1.0)
+    """
+    auto_scale_loss = kwargs.pop("auto_scale_loss", True)
+    optimizer = scaled_optimizer(model, optimizer, auto_scale_loss)
+    model.compile(optimizer=optimizer, auto_scale_loss=False, **kwargs)
+
+
+def scaled_optimizer(model: keras.Model, optimizer: Any, auto_scale_loss: bool = True) -> Any:
+    """`optimizer`, wrapped in `LossScaleOptimizer` when `model` needs loss scaling."""
+    if not auto_scale_loss:
+        return optimizer
+    optimizer = keras.optimizers.get(optimizer)
+    if needs_loss_scaling(model) and not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return LossScaleOptimizer(optimizer, name="loss_scale_optimizer")
+    return optimizer

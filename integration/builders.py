@@ -67,6 +67,17 @@ def attention():
     return keras.Model(inputs, keras.layers.Dense(4)(x))
 
 
+def transformer_block():
+    """A Transformer encoder block: attention and feed-forward, residuals, norms."""
+    x = inputs = keras.Input((6, 8))
+    attended = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4)(x, x)
+    x = keras.layers.LayerNormalization()(x + attended)
+    hidden = keras.layers.Dense(16, activation="relu")(x)
+    x = keras.layers.LayerNormalization()(x + keras.layers.Dense(8)(hidden))
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inputs, keras.layers.Dense(4)(x))
+
+
 def subclassed():
     model = ResidualBlock(8)
     model.build((None, 8))
@@ -78,6 +89,7 @@ BUILDERS = {
     "functional_conv": functional_conv,
     "embedding_lstm": embedding_lstm,
     "attention": attention,
+    "transformer_block": transformer_block,
     "subclassed": subclassed,
 }
 INPUT_SHAPES = {
@@ -85,6 +97,7 @@ INPUT_SHAPES = {
     "functional_conv": (8, 8, 3),
     "embedding_lstm": (5,),
     "attention": (6, 8),
+    "transformer_block": (6, 8),
     "subclassed": (8,),
 }
 

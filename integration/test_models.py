@@ -78,7 +78,10 @@ def test_build_and_run(name, policy, via):
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_fit_a_few_steps(name, policy):
-    if (name, policy, BACKEND) == ("attention", "mixed_float16", "jax"):
+    if name in ("attention", "transformer_block") and (policy, BACKEND) == (
+        "mixed_float16",
+        "jax",
+    ):
         pytest.skip(
             "Keras 3.15.1 on JAX CPU: training MultiHeadAttention in float16 "
             "fails in XLA (dot_general precision F16_F16_F32 unsupported on "

@@ -45,14 +45,15 @@ def test_every_layer_follows_its_rule_from_the_first_call(name, tmp_path):
     assert all(kpe.explain(l).rule is not None for l in norms)
 
     path = tmp_path / "model.keras"
-    model.save(path)
+    kpe.save_model(model, path)  # model.save, plus the rules it was built under
     # Keras serializes the layers of a functional or Sequential model, not
     # the sublayers a layer builds itself: those come back from their parent.
     if name != "subclassed":
         loaded = keras.saving.load_model(path)
         assert serialized_policies(loaded) == serialized_policies(model)
-    # With the rules, every layer, sublayers included, gets its policy back.
-    reloaded = kpe.load_model(path, RULES.with_default("mixed_float16"))
+    # With the stored rules, every layer, sublayers included, gets its policy back.
+    assert kpe.saving.stored_rules(path).rules == RULES.rules
+    reloaded = kpe.load_model(path)
     assert [l.dtype_policy for l in placed(reloaded)] == [l.dtype_policy for l in placed(model)]
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(keras.ops.cast(reloaded(x), "float32")),

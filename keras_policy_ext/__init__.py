@@ -14,13 +14,16 @@ from keras_policy_ext import (
     dtype_policies,
     loss_scale,
     mixed_precision,
+    plugin,
     rules,
+    saving,
     testing,
 )
 from keras_policy_ext.plugin import install, installed, is_installed, uninstall
 from keras_policy_ext.policy import DTypePolicy, FloatDTypePolicy
-from keras_policy_ext.retarget import load_model, retarget
+from keras_policy_ext.retarget import retarget
 from keras_policy_ext.rules import Rule, Rules, explain, with_float32_outputs
+from keras_policy_ext.saving import load_model, save_model
 from keras_policy_ext.scaled_fit import LossScaleOptimizer, compile, needs_loss_scaling
 from keras_policy_ext.validation import Validation, validate
 
@@ -43,8 +46,11 @@ __all__ = [
     "loss_scale",
     "mixed_precision",
     "needs_loss_scaling",
+    "plugin",
     "retarget",
     "rules",
+    "save_model",
+    "saving",
     "testing",
     "uninstall",
     "validate",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -106,22 +105,3 @@ def retarget(model: keras.Model, policy: keras.DTypePolicy | str | Rules) -> ker
 def _rules_scope(rules: Rules) -> Iterator[None]:
     with plugin.installed(), config.policy_scope(rules=rules):
         yield
-
-
-def load_model(
-    filepath: str | os.PathLike, policy: keras.DTypePolicy | str | Rules, **kwargs: Any
-) -> keras.Model:
-    """Loads a `.keras` file and retargets it to `policy` (or rules) in one call.
-
-    `kwargs` go to `keras.saving.load_model` (`custom_objects`, ...).
-
-    >>> import os, tempfile, keras, keras_policy_ext as kpe
-    >>> with kpe.config.policy_scope("mixed_float16"):
-    ...     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     model.save(os.path.join(tmp, "m.keras"))
-    ...     served = kpe.load_model(os.path.join(tmp, "m.keras"), "mixed_bfloat16")
-    >>> served.layers[0].dtype_policy
-    <DTypePolicy "mixed_bfloat16">
-    """
-    return retarget(keras.saving.load_model(filepath, **kwargs), policy)

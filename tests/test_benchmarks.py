@@ -23,3 +23,22 @@ def test_overhead_quick_run_prints_every_row():
     if backend == "jax":
         expected |= {"jaxpr casts, mixed_float16", "jaxpr casts, mixed_bfloat16"}
     assert cases == expected, result.stdout
+
+
+def test_training_quick_run_prints_every_row():
+    backend = keras.backend.backend()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "training.py"),
+         "--quick", "--backend", backend],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {backend} ")]
+    configs = [tuple(cell.strip() for cell in row.split("|")[2:5]) for row in rows]
+    expected = {
+        (model, policy, source)
+        for model in ("sequential_mlp", "functional_conv", "transformer_block", "embedding_lstm")
+        for policy in ("float32", "mixed_float16", "mixed_bfloat16")
+        for source in ("kpe", "Keras")
+    }
+    assert len(configs) == 24 and set(configs) == expected, result.stdout

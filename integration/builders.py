@@ -117,3 +117,19 @@ def data(name, n=16, seed=0):
 def all_layers(model):
     """Every layer below `model`, nested ones included (a Keras internal)."""
     return list(model._flatten_layers(include_self=False))
+
+
+def placed_layers(model):
+    """Every layer below `model` that has a policy to place: all but the
+    `InputLayer`s, whose dtype is a tensor dtype (not serialized as a policy)."""
+    return [l for l in all_layers(model) if not isinstance(l, keras.layers.InputLayer)]
+
+
+def layer_policies(model):
+    """The policies of `placed_layers(model)`."""
+    return [layer.dtype_policy for layer in placed_layers(model)]
+
+
+def as_numpy(y):
+    """A tensor as a float64 numpy array, through float32."""
+    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(y, "float32")), np.float64)

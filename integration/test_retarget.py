@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
-from integration.builders import BUILDERS, all_layers, data
+from integration.builders import BUILDERS, all_layers, as_numpy, data, layer_policies
 from keras_policy_ext.testing import TOLERANCES
 
 BACKEND = keras.backend.backend()
@@ -14,14 +14,6 @@ CASES = [
     ("mixed_float16", "mixed_bfloat16"),
     ("float32", "mixed_bfloat16"),
 ]
-
-
-def as_numpy(y):
-    return np.asarray(keras.ops.convert_to_numpy(keras.ops.cast(y, "float32")), np.float64)
-
-
-def policies(model):
-    return [l.dtype_policy for l in all_layers(model) if not isinstance(l, keras.layers.InputLayer)]
 
 
 def weights(model):
@@ -41,8 +33,8 @@ def test_retarget(name, source, target):
     new = kpe.retarget(model, target)
 
     expected = kpe.DTypePolicy(target)
-    assert policies(new) and all(p == expected for p in policies(new))
-    assert all(p == kpe.DTypePolicy(source) for p in policies(model))  # untouched
+    assert layer_policies(new) and all(p == expected for p in layer_policies(new))
+    assert all(p == kpe.DTypePolicy(source) for p in layer_policies(model))  # untouched
     for old, fresh, saved in zip(model.weights, new.weights, before):
         if keras.backend.is_float_dtype(old.dtype):
             assert keras.backend.standardize_dtype(fresh.dtype) == expected.variable_dtype
@@ -64,7 +56,7 @@ def test_load_a_mixed_float16_file_as_another_policy(target, tmp_path):
     model.save(path)
     x, _ = data("functional_conv", n=4)
     loaded = kpe.load_model(path, target)
-    assert all(p == kpe.DTypePolicy(target) for p in policies(loaded))
+    assert all(p == kpe.DTypePolicy(target) for p in layer_policies(loaded))
     y, y_new = as_numpy(model(x)), as_numpy(loaded(x))
     assert np.max(np.abs(y_new - y)) / np.max(np.abs(y)) <= TOLERANCES["bfloat16"]
 
@@ -94,8 +86,8 @@ def test_nested_models_and_wrapped_layers_follow_the_new_policy():
         x = keras.layers.Bidirectional(keras.layers.GRU(2, return_sequences=True))(inner(inputs))
         model = keras.Model(inputs, keras.layers.Dense(2)(x))
     new = kpe.retarget(model, "mixed_bfloat16")
-    found = policies(new)
-    assert len(found) == len(policies(model)) >= 6  # Bidirectional's GRUs and cells too
+    found = layer_policies(new)
+    assert len(found) == len(layer_policies(model)) >= 6  # Bidirectional's GRUs and cells too
     assert all(p == kpe.DTypePolicy("mixed_bfloat16") for p in found)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
-from integration.builders import BUILDERS, all_layers, data
+from integration.builders import BUILDERS, data, layer_policies, placed_layers
 
 RULES = kpe.rules.FLOAT32_NUMERICS
 
@@ -13,10 +13,6 @@ RULES = kpe.rules.FLOAT32_NUMERICS
 def expected(layer):
     kind = type(layer).__name__
     return "float32" if kind.endswith("Normalization") or kind == "Softmax" else "mixed_float16"
-
-
-def placed(model):
-    return [l for l in all_layers(model) if not isinstance(l, keras.layers.InputLayer)]
 
 
 def serialized_policies(model):
@@ -31,7 +27,7 @@ def test_every_layer_follows_its_rule_from_the_first_call(name, tmp_path):
         model = BUILDERS[name]()
     x, _ = data(name, n=2)
     y = model(x)  # the first call
-    for layer in placed(model):
+    for layer in placed_layers(model):
         assert layer.dtype_policy.name == expected(layer), (layer.path, kpe.explain(layer))
         for v in layer.weights:
             if keras.backend.is_float_dtype(v.dtype):
@@ -41,7 +37,7 @@ def test_every_layer_follows_its_rule_from_the_first_call(name, tmp_path):
         keras.backend.standardize_dtype(y.dtype)
         == keras.DTypePolicy(last.dtype_policy.name).compute_dtype
     )
-    norms = [l for l in placed(model) if expected(l) == "float32"]
+    norms = [l for l in placed_layers(model) if expected(l) == "float32"]
     assert all(kpe.explain(l).rule is not None for l in norms)
 
     path = tmp_path / "model.keras"
@@ -54,7 +50,7 @@ def test_every_layer_follows_its_rule_from_the_first_call(name, tmp_path):
     # With the stored rules, every layer, sublayers included, gets its policy back.
     assert kpe.saving.stored_rules(path).rules == RULES.rules
     reloaded = kpe.load_model(path)
-    assert [l.dtype_policy for l in placed(reloaded)] == [l.dtype_policy for l in placed(model)]
+    assert layer_policies(reloaded) == layer_policies(model)
     np.testing.assert_array_equal(
         keras.ops.convert_to_numpy(keras.ops.cast(reloaded(x), "float32")),
         keras.ops.convert_to_numpy(keras.ops.cast(model(x), "float32")),

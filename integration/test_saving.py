@@ -7,23 +7,10 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
-from integration.builders import BUILDERS, all_layers, data
+from integration.builders import BUILDERS, as_numpy, data, layer_policies
 
 DATA = pathlib.Path(__file__).parent / "data"
 BACKENDS = ("jax", "tensorflow", "torch")
-
-
-def as_numpy(y):
-    return keras.ops.convert_to_numpy(keras.ops.cast(y, "float32"))
-
-
-def policies(model):
-    """Layer policies; an `InputLayer`'s is not serialized (it has a dtype)."""
-    return [
-        layer.dtype_policy
-        for layer in all_layers(model)
-        if not isinstance(layer, keras.layers.InputLayer)
-    ]
 
 
 @pytest.mark.parametrize("plugin", [True, False], ids=["plugin", "no_plugin"])
@@ -38,7 +25,7 @@ def test_save_and_load_without_custom_objects(name, policy, plugin, tmp_path):
     if plugin:
         kpe.install()
     loaded = keras.saving.load_model(path)
-    before, after = policies(model), policies(loaded)
+    before, after = layer_policies(model), layer_policies(loaded)
     assert len(before) == len(after)
     for a, b in zip(before, after):
         assert b == a and b.name == a.name
@@ -57,7 +44,7 @@ def test_plugin_loads_keras_saved_policies_as_kpe_policies(tmp_path):
     model.save(tmp_path / "keras.keras")
     with kpe.installed():
         loaded = keras.saving.load_model(tmp_path / "keras.keras")
-    for policy in policies(loaded):
+    for policy in layer_policies(loaded):
         assert type(policy) is kpe.DTypePolicy
         assert policy == kpe.DTypePolicy("mixed_bfloat16")
 
@@ -69,7 +56,7 @@ def test_load_a_model_saved_on_another_backend(source):
     saved = np.load(DATA / f"{source}.npz")
     kpe.install()
     model = keras.saving.load_model(DATA / f"{source}.keras")
-    for policy in policies(model):
+    for policy in layer_policies(model):
         assert type(policy) is kpe.DTypePolicy
         assert policy == kpe.DTypePolicy("mixed_bfloat16")
     y = model(saved["x"])

@@ -49,14 +49,24 @@ def all_finite(tree: Any) -> Any:
     return ops.all(ops.stack(leaves)) if leaves else ops.convert_to_tensor(True)
 
 
-def _unscale(tree: Any, scale: Any) -> Any:
-    inverse = ops.divide(1.0, ops.cast(scale, "float32"))
-    return keras.tree.map_structure(
-        lambda g: None if g is None else ops.multiply(g, ops.cast(inverse, g.dtype)), tree
-    )
+class _LossScale:
+    """What both loss scales share: a float32 `loss_scale` tensor."""
+
+    loss_scale: Any
+
+    def scale(self, loss: Any) -> Any:
+        """`loss * loss_scale`, in the loss's dtype (compute the loss in float32)."""
+        return ops.multiply(loss, ops.cast(self.loss_scale, loss.dtype))
+
+    def unscale(self, grads: Any) -> Any:
+        """`grads / loss_scale`, each gradient (a tree; `None`s kept) in its own dtype."""
+        inverse = ops.divide(1.0, self.loss_scale)
+        return keras.tree.map_structure(
+            lambda g: None if g is None else ops.multiply(g, ops.cast(inverse, g.dtype)), grads
+        )
 
 
-class StaticLossScale:
+class StaticLossScale(_LossScale):
     """A fixed loss scale.
 
     >>> import keras, keras_policy_ext as kpe
@@ -69,14 +79,6 @@ class StaticLossScale:
 
     def __init__(self, loss_scale: Any) -> None:
         self.loss_scale = ops.convert_to_tensor(loss_scale, "float32")
-
-    def scale(self, loss: Any) -> Any:
-        """`loss * loss_scale`, in the loss's dtype."""
-        return ops.multiply(loss, ops.cast(self.loss_scale, loss.dtype))
-
-    def unscale(self, grads: Any) -> Any:
-        """`grads / loss_scale`, each gradient in its own dtype."""
-        return _unscale(grads, self.loss_scale)
 
     def adjust(self, grads_finite: Any) -> StaticLossScale:
         """The same scale: a static scale does not move."""
@@ -104,7 +106,7 @@ class LossScaleStuckError(RuntimeError):
     """`DynamicLossScale.check` found the scale stuck at its floor."""
 
 
-class DynamicLossScale:
+class DynamicLossScale(_LossScale):
     """A loss scale that follows the gradients, within `[floor, ceiling]`.
 
     `initial`: the first scale (Keras's default, 2**15). `period`: finite
@@ -146,14 +148,6 @@ class DynamicLossScale:
         self.counter = ops.convert_to_tensor(counter, "int32")
         self.skipped_steps = ops.convert_to_tensor(skipped_steps, "int32")
         self.floor_steps = ops.convert_to_tensor(floor_steps, "int32")
-
-    def scale(self, loss: Any) -> Any:
-        """`loss * loss_scale`, in the loss's dtype (compute the loss in float32)."""
-        return ops.multiply(loss, ops.cast(self.loss_scale, loss.dtype))
-
-    def unscale(self, grads: Any) -> Any:
-        """`grads / loss_scale`, each gradient in its own dtype."""
-        return _unscale(grads, self.loss_scale)
 
     def adjust(self, grads_finite: Any) -> DynamicLossScale:
         """The scale after a step whose gradients were (not) all finite."""

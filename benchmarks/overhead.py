@@ -32,15 +32,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 
-BACKENDS = ("jax", "torch", "tensorflow")
+from per_backend import BACKENDS, markdown_table, run_child, selected
+
 MAX_RATIO = 1.05
 POLICY = "mixed_bfloat16"
 # Calls per timed block, and per block with --quick.
@@ -166,39 +164,19 @@ def measure(backend: str, rounds: int, quick: bool) -> list[dict]:
 
 def _run_child(backend: str, args: argparse.Namespace) -> list[dict]:
     """Runs `measure` for `backend` in a fresh process; its rows, or a failure."""
-    command = [sys.executable, __file__, "--child", "--backend", backend]
-    command += ["--rounds", str(args.rounds)]
-    if args.quick:
-        command.append("--quick")
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode == 0:
-        return json.loads(result.stdout.splitlines()[-1])
-    sys.stderr.write(result.stderr)
-    return [
-        {
-            "backend": backend,
-            "case": "benchmark process",
-            "keras": "-",
-            "kpe": "-",
-            "ratio": "-",
-            "target": "runs",
-            "met": False,
-        }
-    ]
+    flags = ["--rounds", str(args.rounds)] + (["--quick"] if args.quick else [])
+    rows, _ = run_child(__file__, backend, flags)
+    if rows is not None:
+        return rows
+    failure = {"case": "benchmark process", "keras": "-", "kpe": "-", "ratio": "-"}
+    return [{"backend": backend, **failure, "target": "runs", "met": False}]
 
 
 def _table(rows: list[dict]) -> str:
     header = ("Backend", "Case", "Keras", "kpe", "kpe / Keras", "Target", "Met")
     keys = ("backend", "case", "keras", "kpe", "ratio", "target")
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
-    for row in rows:
-        cells = [row[key] for key in keys] + ["yes" if row["met"] else "no"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [[row[key] for key in keys] + ["yes" if row["met"] else "no"] for row in rows]
+    return markdown_table(header, cells)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -218,11 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(measure(args.backend, args.rounds, args.quick)))
         return 0
-    if args.backend == "all":
-        backends = [b for b in BACKENDS if importlib.util.find_spec(b)]
-    else:
-        backends = [args.backend]
-    rows = [row for backend in backends for row in _run_child(backend, args)]
+    rows = [row for backend in selected(args.backend) for row in _run_child(backend, args)]
     print(_table(rows))
     missed = [f"{row['backend']}: {row['case']}" for row in rows if not row["met"]]
     if missed:

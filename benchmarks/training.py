@@ -75,16 +75,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import tracemalloc
 
-BACKENDS = ("jax", "torch", "tensorflow")
+from per_backend import BACKENDS, markdown_table, run_child, selected
+
 MODELS = ("sequential_mlp", "functional_conv", "transformer_block", "embedding_lstm")
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 SOURCES = ("kpe", "Keras")
@@ -92,7 +90,6 @@ BATCH_SIZE = 32
 SAMPLES, QUICK_SAMPLES = 256, 64
 EPOCHS, QUICK_EPOCHS = 3, 1
 SEED = 0
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _build_and_compile(model_name: str, policy_name: str, source: str):
@@ -211,31 +208,14 @@ def measure(backend: str, args: argparse.Namespace) -> list[dict]:
 
 def _run_child(backend: str, args: argparse.Namespace) -> tuple[list[dict], bool]:
     """Runs `measure` for `backend` in a fresh process; its rows, and whether it ran."""
-    command = [sys.executable, __file__, "--child", "--backend", backend]
-    command += ["--rounds", str(args.rounds)]
-    if args.quick:
-        command.append("--quick")
-    # The child imports `integration.builders`, from the repository root.
-    path = os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH"))))
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    if result.returncode == 0:
-        return json.loads(result.stdout.splitlines()[-1]), True
-    sys.stderr.write(result.stderr)
-    return [
-        {
-            "backend": backend,
-            "model": "benchmark process",
-            "policy": "-",
-            "source": "-",
-            "ms": "-",
-            "memory": "-",
-            "mixed_time": "-",
-            "mixed_memory": "-",
-            "kpe_keras": "-",
-            "error": f"crashed (exit status {result.returncode})",
-        }
-    ], False
+    flags = ["--rounds", str(args.rounds)] + (["--quick"] if args.quick else [])
+    rows, status = run_child(__file__, backend, flags)
+    if rows is not None:
+        return rows, True
+    failure = dict.fromkeys(("policy", "source", "ms", "memory"), "-")
+    failure.update(dict.fromkeys(("mixed_time", "mixed_memory", "kpe_keras"), "-"))
+    failure.update(backend=backend, model="benchmark process")
+    return [{**failure, "error": f"crashed (exit status {status})"}], False
 
 
 def _table(rows: list[dict]) -> str:
@@ -252,17 +232,13 @@ def _table(rows: list[dict]) -> str:
     )
     keys = ("backend", "model", "policy", "source", "ms", "memory")
     ratios = ("mixed_time", "mixed_memory", "kpe_keras")
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-    ]
+    cells = []
     for row in rows:
-        cells = [row[key] for key in keys]
+        line = [row[key] for key in keys]
         if row["error"]:
-            cells[4] = f"error: {row['error']}"
-        cells += [row[key] for key in ratios]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            line[4] = f"error: {row['error']}"
+        cells.append(line + [row[key] for key in ratios])
+    return markdown_table(header, cells)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -284,12 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(measure(args.backend, args)))
         return 0
-    if args.backend == "all":
-        backends = [b for b in BACKENDS if importlib.util.find_spec(b)]
-    else:
-        backends = [args.backend]
     rows, crashed = [], False
-    for backend in backends:
+    for backend in selected(args.backend):
         backend_rows, ran = _run_child(backend, args)
         rows += backend_rows
         crashed |= not ran

@@ -1,0 +1,47 @@
+"""What the benchmark scripts share: one child process per backend, a Markdown table.
+
+Keras reads `KERAS_BACKEND` once, at import, so a script measures each
+backend in a child: `python SCRIPT --child --backend B ...`, which prints its
+rows as JSON on its last stdout line.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+BACKENDS = ("jax", "torch", "tensorflow")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def selected(choice: str) -> list[str]:
+    """The backends for `--backend`: one, or every importable one for `all`."""
+    if choice == "all":
+        return [b for b in BACKENDS if importlib.util.find_spec(b)]
+    return [choice]
+
+
+def run_child(script: str, backend: str, flags: list[str]) -> tuple[list[dict] | None, int]:
+    """Runs `script --child --backend backend *flags`; `(rows or None, exit status)`.
+
+    The child gets `KERAS_BACKEND`, a quiet TensorFlow and the repository root
+    on `PYTHONPATH` (for `integration.builders`). A failed child's stderr is
+    echoed.
+    """
+    path = os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH"))))
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
+    command = [sys.executable, script, "--child", "--backend", backend, *flags]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode == 0:
+        return json.loads(result.stdout.splitlines()[-1]), 0
+    sys.stderr.write(result.stderr)
+    return None, result.returncode
+
+
+def markdown_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

@@ -87,6 +87,11 @@ class Pattern:
         return repr(self.text) if self.kind == "glob" else f"re.compile({self.text!r})"
 
 
+def _fresh(policy: Any) -> DTypePolicy:
+    """A new kpe policy object equal to `policy` (a name or a policy)."""
+    return DTypePolicy(policy.name if isinstance(policy, keras.DTypePolicy) else policy)
+
+
 def _class_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
@@ -136,9 +141,8 @@ class Rule:
                 "Invalid rule: it has no criterion (layer=, name= or path=) and "
                 "would match every layer; give the policy as the default instead."
             )
-        name_of = policy.name if isinstance(policy, keras.DTypePolicy) else policy
         set_ = object.__setattr__
-        set_(self, "policy", DTypePolicy(name_of))  # this rule's own object
+        set_(self, "policy", _fresh(policy))  # this rule's own object
         set_(self, "layer", layer)
         set_(self, "name", None if name is None else Pattern(name))
         set_(self, "path", None if path is None else Pattern(path))
@@ -238,11 +242,7 @@ class Rules:
                         f"Rule {j} ({later!r}) can never match: rule {i} "
                         f"({earlier!r}) comes first and matches every layer it would."
                     )
-        if default is not None:
-            default = DTypePolicy(
-                default.name if isinstance(default, keras.DTypePolicy) else default
-            )
-        self.default: DTypePolicy | None = default
+        self.default: DTypePolicy | None = None if default is None else _fresh(default)
         for policy in self._policies():
             object.__setattr__(policy, _OWNER, self)  # fresh objects: ours to link
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-BACKENDS = ("jax", "tensorflow", "torch")
+from keras_policy_ext.validation import BACKENDS
 
 
 def installed_backends() -> list[str]:

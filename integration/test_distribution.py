@@ -1,0 +1,133 @@
+"""kpe policies under the distribution engines Keras runs on, against one device.
+
+- JAX: `keras.distribution.DataParallel` and `ModelParallel` with a
+  `LayoutMap`, on 8 simulated CPU devices (`integration/dist_jax.py`);
+- TensorFlow: `tf.distribute.MirroredStrategy` over 2 logical CPU devices,
+  `model.fit` inside the strategy's scope (`integration/dist_tensorflow.py`).
+
+Each engine trains in its own child process, which first trains the same
+model from the same weights on one device; the tests judge the facts it
+writes. PyTorch: `integration/test_distribution_torch.py`.
+"""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import keras_policy_ext as kpe
+from integration.distributed import SCENARIOS, run_child
+
+BACKEND = keras.backend.backend()
+CHILDREN = {"jax": "integration.dist_jax", "tensorflow": "integration.dist_tensorflow"}
+ENGINES = {"jax": ["data_parallel", "model_parallel"], "tensorflow": ["mirrored"]}
+pytestmark = pytest.mark.skipif(
+    BACKEND not in CHILDREN,
+    reason="Keras runs fit under a distribution engine on JAX (keras.distribution) and "
+    "TensorFlow (tf.distribute) only; torch: see test_distribution_torch.py",
+)
+CASES = [(s, e) for s in SCENARIOS for e in ENGINES.get(BACKEND, [])]
+RULED = {"hidden": "mixed_float16", "norm": "float32", "head": "float32"}
+# Distributed steps reduce the batch in another order: in the compute dtype,
+# that moves a loss by a few units in its last place. Two epsilons of the
+# lowest compute dtype in the model (bfloat16: 2**-8, float16: 2**-11).
+LOSS_RTOL = {"mixed_bfloat16": 2 * 2**-8, "mixed_float16": 2 * 2**-11}
+
+
+@pytest.fixture(scope="module")
+def facts(tmp_path_factory):
+    return run_child(CHILDREN[BACKEND], str(tmp_path_factory.mktemp("dist") / "facts.json"))
+
+
+def expected_policies(scenario):
+    policy, rules, _ = SCENARIOS[scenario]
+    return RULED if rules else dict.fromkeys(RULED, policy)
+
+
+def runs(facts, scenario, engine):
+    return facts["scenarios"][scenario]["single"], facts["scenarios"][scenario][engine]
+
+
+@pytest.mark.parametrize("scenario, engine", CASES)
+def test_layers_get_their_policies_and_compute_in_them(facts, scenario, engine):
+    policies = expected_policies(scenario)
+    for run in runs(facts, scenario, engine):
+        assert run["policies"] == policies
+        assert run["output_dtype"] == kpe.DTypePolicy(policies["head"]).compute_dtype
+
+
+@pytest.mark.parametrize("scenario, engine", CASES)
+def test_variables_are_created_on_every_device_in_the_variable_dtype(facts, scenario, engine):
+    policies = expected_policies(scenario)
+    _, run = runs(facts, scenario, engine)
+    for v in run["variables"]:
+        variable_dtype = kpe.DTypePolicy(policies[v["layer"]]).variable_dtype
+        assert (v["dtype"], v["held"]) == (variable_dtype, variable_dtype), v
+        assert v["layout"]["devices"] == facts["devices"], v
+        assert v["layout"]["dtypes"] == [variable_dtype], v  # what each device holds
+
+
+def expected_spec(facts, engine, variable):
+    """The partition the engine was asked for: the LayoutMap's, else replicated."""
+    if engine == "model_parallel":
+        for pattern, axes in facts["layouts"].items():
+            if re.fullmatch(pattern, variable["path"]):
+                return axes
+    return [None] * len(variable["shape"])
+
+
+@pytest.mark.parametrize("scenario, engine", CASES)
+def test_variables_are_laid_out_as_asked(facts, scenario, engine):
+    _, run = runs(facts, scenario, engine)
+    for v in run["variables"]:
+        spec = expected_spec(facts, engine, v)
+        assert v["layout"]["spec"] == spec, v
+        mesh = v["layout"]["mesh"] or {}
+        shard = [n // mesh[axis] if axis else n for n, axis in zip(v["shape"], spec)]
+        assert v["layout"]["shard_shape"] == shard, v
+    if engine == "model_parallel":  # the LayoutMap did shard something
+        assert any(any(v["layout"]["spec"]) for v in run["variables"])
+
+
+@pytest.mark.parametrize("scenario, engine", CASES)
+def test_losses_match_one_device(facts, scenario, engine):
+    single, run = runs(facts, scenario, engine)
+    rtol = LOSS_RTOL[SCENARIOS[scenario][0]]
+    np.testing.assert_allclose(run["losses"], single["losses"], rtol=rtol)
+    assert run["losses"][-1] < 0.7 * run["losses"][0]  # it trained
+
+
+@pytest.mark.parametrize("scenario, engine", CASES)
+def test_loss_scaling_follows_dtypes_and_agrees_with_one_device(facts, scenario, engine):
+    single, run = runs(facts, scenario, engine)
+    if SCENARIOS[scenario][0] == "mixed_bfloat16":
+        assert (run["optimizer"], run["scale"]) == ("keras.src.optimizers.sgd.SGD", None)
+        return
+    assert run["optimizer"] == "keras_policy_ext.scaled_fit.LossScaleOptimizer"
+    assert run["scale"] == single["scale"]
+    skipped = [len(r["losses"]) - len(set(r["losses"])) for r in (single, run)]
+    assert skipped[0] == skipped[1], (single["losses"], run["losses"])
+    if scenario == "loss_scale_overflow":  # overflowing steps were skipped, then it trained
+        assert skipped[1] > 0 and run["scale"] < SCENARIOS[scenario][2]
+
+
+@pytest.mark.parametrize("scenario, engine", CASES)
+def test_keras_file_round_trips_under_the_engine(facts, scenario, engine):
+    _, run = runs(facts, scenario, engine)
+    reloaded = run["reloaded"]
+    assert reloaded["policies"] == run["policies"]
+    assert reloaded["weights_equal"] and reloaded["outputs_equal"]
+    # Same dtypes and layouts. Keras reloads a Sequential model's variables
+    # without the model's name in their paths ("mlp/hidden/kernel" comes back
+    # as "hidden/kernel"): LayoutMap patterns must allow for both (".*hidden/kernel").
+    for before, after in zip(run["variables"], reloaded["variables"], strict=True):
+        assert before["path"].endswith(after["path"])
+        assert {**before, "path": None} == {**after, "path": None}
+
+
+@pytest.mark.parametrize("scenario, engine", CASES)
+def test_keras_file_trained_under_the_engine_serves_on_one_device(facts, scenario, engine):
+    _, run = runs(facts, scenario, engine)
+    assert run["served"]["policies"] == run["policies"]
+    assert run["served"]["outputs_close"]  # same weights; one device reduces in its own order

@@ -55,3 +55,17 @@ def test_every_layer_follows_its_rule_from_the_first_call(name, tmp_path):
         keras.ops.convert_to_numpy(keras.ops.cast(reloaded(x), "float32")),
         keras.ops.convert_to_numpy(keras.ops.cast(model(x), "float32")),
     )
+
+
+@pytest.mark.parametrize("name", ["sequential_mlp", "functional_conv", "transformer_block"])
+def test_layers_the_rules_did_not_place_keep_their_policies_on_reload(name, tmp_path):
+    kpe.install()
+    with kpe.config.policy_scope("mixed_bfloat16", rules=RULES):
+        model = kpe.with_float32_outputs(BUILDERS[name]())
+    assert model.layers[-1].dtype_policy.name == "float32"  # explicit, not a rule's
+    path = tmp_path / "model.keras"
+    kpe.save_model(model, path)
+    reloaded = kpe.load_model(path)
+    assert layer_policies(reloaded) == layer_policies(model)
+    x, _ = data(name, n=2)
+    assert keras.backend.standardize_dtype(reloaded(x).dtype) == "float32"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import keras
@@ -13,21 +13,23 @@ from keras_policy_ext import config, dtype_policies, plugin
 from keras_policy_ext.rules import Rules
 
 
-def _replace_policies(node: Any, policy: keras.DTypePolicy | None) -> Any:
+def _replace_policies(
+    node: Any, policy: keras.DTypePolicy | None, keep: Collection[str] = ()
+) -> Any:
     """A copy of a model config with every float layer policy set to `policy`.
 
-    `None` lets the scope (and its rules) decide. `InputLayer`s keep their
-    dtype (a tensor dtype, not a policy); quantized policies and
-    `DTypePolicyMap`s are left as they are.
+    `None` lets the scope (and its rules) decide. Layers named in `keep` and
+    `InputLayer`s keep their dtype (an `InputLayer`'s is a tensor dtype, not
+    a policy); quantized policies and `DTypePolicyMap`s are left as they are.
     """
     if isinstance(node, list):
-        return [_replace_policies(item, policy) for item in node]
+        return [_replace_policies(item, policy, keep) for item in node]
     if not isinstance(node, dict):
         return node
     if node.get("class_name") == "InputLayer":
         return node
-    out = {k: _replace_policies(v, policy) for k, v in node.items()}
-    if "dtype" in node and _is_float_policy(node["dtype"]):
+    out = {k: _replace_policies(v, policy, keep) for k, v in node.items()}
+    if "dtype" in node and node.get("name") not in keep and _is_float_policy(node["dtype"]):
         out["dtype"] = None if policy is None else dtype_policies.serialize(policy)
     return out
 
@@ -46,11 +48,18 @@ def _is_float_policy(value: Any) -> bool:
     )
 
 
-def retarget(model: keras.Model, policy: keras.DTypePolicy | str | Rules) -> keras.Model:
+def retarget(
+    model: keras.Model,
+    policy: keras.DTypePolicy | str | Rules,
+    *,
+    keep: Collection[str] = (),
+) -> keras.Model:
     """A new model of the same architecture whose layers follow `policy`.
 
     `policy` is a policy, or `keras_policy_ext.Rules` (each layer then gets
-    the policy its rule picks; the rules need a default). Works for
+    the policy its rule picks; the rules need a default). The layers named
+    in `keep` (e.g. the float32 outputs of `with_float32_outputs`) keep
+    their policies. Works for
     Sequential, functional and registered subclassed models (those that
     round-trip through `get_config` / `from_config`). The weights are carried
     over, cast to the new variable dtypes; `model` is untouched. The new
@@ -66,6 +75,10 @@ def retarget(model: keras.Model, policy: keras.DTypePolicy | str | Rules) -> ker
     >>> as_numpy = lambda y: keras.ops.convert_to_numpy(keras.ops.cast(y, "float32"))
     >>> np.allclose(as_numpy(exported(x)), as_numpy(model(x)), atol=1e-2)
     True
+    >>> wrapped = kpe.with_float32_outputs(model)
+    >>> served = kpe.retarget(wrapped, "bfloat16", keep=[wrapped.layers[-1].name])
+    >>> [layer.dtype_policy.name for layer in served.layers[1:]]
+    ['bfloat16', 'float32']
     """
     if isinstance(policy, Rules):
         if policy.default is None:
@@ -77,7 +90,7 @@ def retarget(model: keras.Model, policy: keras.DTypePolicy | str | Rules) -> ker
         scope = config.policy_scope(placed)
     with scope:
         try:
-            model_config = _replace_policies(model.get_config(), placed)
+            model_config = _replace_policies(model.get_config(), placed, keep)
             new = type(model).from_config(model_config)
         except Exception as e:
             raise ValueError(

@@ -2,8 +2,10 @@
 
 `save_model` writes the model with `model.save`, plus the rules (as
 `keras_policy_ext.json` inside the zip, which Keras's own loader ignores);
-`load_model` reloads it with those rules re-applied to every layer, or
-retargets it to the policy or rules it is given.
+`load_model` reloads it with those rules re-applied to the layers they
+placed (the others, such as the float32 outputs of `with_float32_outputs`,
+keep their stored policies), or retargets it to the policy or rules it is
+given.
 """
 
 from __future__ import annotations
@@ -59,8 +61,10 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | N
     model.save(filepath)
     rules = rules if rules is not None else rules_of(model)
     if rules is not None:
+        # The layers the rules did not place keep their own policies on reload.
+        keep = sorted({l.name for l in plugin.sublayers(model) if owner_of(l.dtype_policy) is None})
         with zipfile.ZipFile(filepath, "a") as archive:
-            archive.writestr(RULES_FILE, json.dumps({"rules": rules.get_config()}))
+            archive.writestr(RULES_FILE, json.dumps({"rules": rules.get_config(), "keep": keep}))
 
 
 def load_model(
@@ -71,8 +75,9 @@ def load_model(
     """Loads a `.keras` file, placing its layers by `policy` or by its stored rules.
 
     `policy` (a policy or `Rules`) retargets the loaded model to it; `None`
-    re-applies the rules `save_model` stored, if any (else the model is
-    returned as Keras loads it). `kwargs` go to `keras.saving.load_model`.
+    re-applies the rules `save_model` stored, if any, to the layers they
+    placed (else the model is returned as Keras loads it). `kwargs` go to
+    `keras.saving.load_model`.
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):
@@ -84,14 +89,22 @@ def load_model(
     <DTypePolicy "mixed_bfloat16">
     """
     model = keras.saving.load_model(filepath, **kwargs)
-    if policy is None:
-        policy = stored_rules(filepath)
-    return model if policy is None else retarget(model, policy)
+    if policy is not None:
+        return retarget(model, policy)
+    stored = _stored(filepath)
+    if stored is None:
+        return model
+    return retarget(model, Rules.from_config(stored["rules"]), keep=stored.get("keep", ()))
 
 
 def stored_rules(filepath: str | os.PathLike) -> Rules | None:
     """The rules `save_model` stored in a `.keras` file, or `None`."""
+    stored = _stored(filepath)
+    return None if stored is None else Rules.from_config(stored["rules"])
+
+
+def _stored(filepath: str | os.PathLike) -> dict | None:
     with zipfile.ZipFile(filepath) as archive:
         if RULES_FILE not in archive.namelist():
             return None
-        return Rules.from_config(json.loads(archive.read(RULES_FILE))["rules"])
+        return json.loads(archive.read(RULES_FILE))

@@ -1,20 +1,19 @@
 """Child: every scenario on 1 device, under `DataParallel` and under `ModelParallel`.
 
-Run as `python -m integration.dist_jax OUT.json` with `KERAS_BACKEND=jax`.
-JAX reads `XLA_FLAGS` when it starts, so the 8 simulated CPU devices are
-asked for here, before `keras` (and with it `jax`) is imported.
+Run as `python -m integration.dist_jax OUT.json` with `KERAS_BACKEND=jax`
+and `XLA_FLAGS=--xla_force_host_platform_device_count=8` (`XLA_FLAGS`
+below): JAX reads it when it starts, so it must be in the environment of a
+fresh process.
 """
 
 import contextlib
-import os
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+import keras
 
-import keras  # noqa: E402
-
-from integration.distributed import SCENARIOS, initial_weights, train, write  # noqa: E402
+from integration.distributed import SCENARIOS, initial_weights, train, write
 
 DEVICES = 8
+XLA_FLAGS = f"--xla_force_host_platform_device_count={DEVICES}"
 # Where the LayoutMap puts each variable (regex full matches on the path).
 LAYOUTS = {
     ".*hidden/kernel": (None, "model"),

@@ -1,22 +1,18 @@
 """Child: every scenario on 1 device and under `tf.distribute.MirroredStrategy`.
 
 Run as `python -m integration.dist_tensorflow OUT.json` with
-`KERAS_BACKEND=tensorflow`. The CPU is split into 2 logical devices before
-TensorFlow initializes it, so this runs before anything else uses TensorFlow.
+`KERAS_BACKEND=tensorflow`. `main` splits the CPU into 2 logical devices
+first, before TensorFlow initializes it. TensorFlow is imported in the
+functions: pytest imports this module (for doctests) in every backend's env.
 """
 
-import tensorflow as tf
+import contextlib
+
+import keras
+
+from integration.distributed import SCENARIOS, initial_weights, train, write
 
 DEVICES = 2
-tf.config.set_logical_device_configuration(
-    tf.config.list_physical_devices("CPU")[0], [tf.config.LogicalDeviceConfiguration()] * DEVICES
-)
-
-import contextlib  # noqa: E402
-
-import keras  # noqa: E402
-
-from integration.distributed import SCENARIOS, initial_weights, train, write  # noqa: E402
 
 
 def layout(variable: keras.Variable) -> dict:
@@ -32,6 +28,10 @@ def layout(variable: keras.Variable) -> dict:
 
 
 def main() -> None:
+    import tensorflow as tf
+
+    logical = [tf.config.LogicalDeviceConfiguration()] * DEVICES
+    tf.config.set_logical_device_configuration(tf.config.list_physical_devices("CPU")[0], logical)
     devices = [d.name for d in tf.config.list_logical_devices("CPU")]
     assert len(devices) == DEVICES, devices
     weights = initial_weights()

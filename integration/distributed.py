@@ -170,10 +170,10 @@ def write(facts: dict) -> None:
         json.dump(facts, f, indent=1)
 
 
-def run_child(module: str, out: str, timeout: int = 600) -> dict:
-    """Runs `python -m module out` with this process's backend; its facts."""
+def run_child(module: str, out: str, timeout: int = 600, **env: str) -> dict:
+    """Runs `python -m module out` with this process's backend and `env`; its facts."""
     path = os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH"))))
-    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
     env["KERAS_BACKEND"] = keras.backend.backend()
     result = subprocess.run(
         [sys.executable, "-m", module, out],

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
+from integration import dist_jax
 from integration.distributed import SCENARIOS, run_child
 
 BACKEND = keras.backend.backend()
@@ -37,7 +38,10 @@ LOSS_RTOL = {"mixed_bfloat16": 2 * 2**-8, "mixed_float16": 2 * 2**-11}
 
 @pytest.fixture(scope="module")
 def facts(tmp_path_factory):
-    return run_child(CHILDREN[BACKEND], str(tmp_path_factory.mktemp("dist") / "facts.json"))
+    out = str(tmp_path_factory.mktemp("dist") / "facts.json")
+    if BACKEND == "jax":  # 8 simulated CPU devices, asked for before JAX starts
+        return run_child(CHILDREN[BACKEND], out, XLA_FLAGS=dist_jax.XLA_FLAGS)
+    return run_child(CHILDREN[BACKEND], out)
 
 
 def expected_policies(scenario):

@@ -165,3 +165,14 @@ def test_keras_distribution_is_not_there_on_torch(call):
     assert backend.distribution_lib is None
     with pytest.raises(AttributeError, match="'NoneType' object has no attribute"):
         call()
+
+
+def test_a_data_parallel_given_devices_is_silently_ignored_on_torch():
+    """Keras builds it and `fit` in its scope trains, on one device, without a warning."""
+    distribution = keras.distribution.DataParallel(devices=["cpu:0", "cpu:1"])
+    with distribution.scope(), kpe.config.policy_scope("mixed_bfloat16"):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile(optimizer="sgd", loss="mse")
+        model.fit(np.ones((4, 2), "float32"), np.ones((4, 1), "float32"), verbose=0)
+    kernel = model.layers[0].kernel
+    assert (kernel.dtype, str(kernel.value.device)) == ("float32", "cpu")

@@ -24,20 +24,24 @@ def selected(choice: str) -> list[str]:
     return [choice]
 
 
-def run_child(script: str, backend: str, flags: list[str]) -> tuple[list[dict] | None, int]:
+def run_child(
+    script: str, backend: str, flags: list[str], stream_stderr: bool = False
+) -> tuple[list[dict] | None, int]:
     """Runs `script --child --backend backend *flags`; `(rows or None, exit status)`.
 
     The child gets `KERAS_BACKEND`, a quiet TensorFlow and the repository root
     on `PYTHONPATH` (for `integration.builders`). A failed child's stderr is
-    echoed.
+    echoed; with `stream_stderr`, all of it goes to this process's stderr as
+    it comes (progress lines of a long run).
     """
     path = os.pathsep.join(filter(None, (ROOT, os.environ.get("PYTHONPATH"))))
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": path}
     command = [sys.executable, script, "--child", "--backend", backend, *flags]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    stderr = None if stream_stderr else subprocess.PIPE
+    result = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
     if result.returncode == 0:
         return json.loads(result.stdout.splitlines()[-1]), 0
-    sys.stderr.write(result.stderr)
+    sys.stderr.write(result.stderr or "")
     return None, result.returncode
 
 

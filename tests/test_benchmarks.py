@@ -42,3 +42,40 @@ def test_training_quick_run_prints_every_row():
         for source in ("kpe", "Keras")
     }
     assert len(configs) == 24 and set(configs) == expected, result.stdout
+
+
+def test_gpu_mixed_precision_small_run_prints_every_row():
+    backend = keras.backend.backend()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_mixed_precision.py"),
+         "--small", "--backend", backend],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {backend} ")]
+    cells = [[cell.strip() for cell in row.split("|")[2:-1]] for row in rows]
+    table = {tuple(row[:3]): row[3:] for row in cells}
+    expected = {
+        (model, policy, source)
+        for model in ("transformer", "resnet")
+        for policy in ("float32", "mixed_bfloat16", "mixed_float16")
+        for source in ("kpe", "Keras")
+    }
+    assert len(rows) == 12 and set(table) == expected, result.stdout
+    errored = {config for config, row in table.items() if row[0].startswith("error: ")}
+    # XLA on CPU cannot train MultiHeadAttention under mixed_float16 (Keras 3.15.1)
+    known = {("transformer", "mixed_float16", source) for source in ("kpe", "Keras")}
+    assert errored <= (known if backend == "jax" else set()), result.stdout
+
+    def filled(cell: str, memory: bool) -> bool:  # device memory is "n/a" on a CPU
+        return (memory and cell == "n/a") or float(cell) > 0
+
+    for (model, policy, source), (speed, peak, *ratios) in table.items():
+        pair = {(model, policy, "kpe"), (model, policy, "Keras")}
+        versus_float32 = {(model, policy, source), (model, "float32", source)}
+        applies = [source == "kpe" and not pair & errored] * 2
+        applies += [policy != "float32" and not versus_float32 & errored] * 2
+        assert (model, policy, source) in errored or float(speed) > 0, result.stdout
+        assert peak == "-" if (model, policy, source) in errored else filled(peak, True), peak
+        for cell, memory, apply in zip(ratios, (False, True) * 2, applies):
+            assert filled(cell, memory) if apply else cell == "-", result.stdout

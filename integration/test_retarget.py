@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
-from integration.builders import BUILDERS, all_layers, as_numpy, data, layer_policies
+from integration.builders import (
+    BUILDERS,
+    all_layers,
+    as_numpy,
+    data,
+    layer_policies,
+    placed_layers,
+)
 from keras_policy_ext.testing import TOLERANCES
 
 BACKEND = keras.backend.backend()
@@ -114,3 +121,30 @@ def test_retarget_to_rules(name):
         lambda: kpe.retarget(model, rules), x, ["mixed_bfloat16"], rules=rules, train=False
     )
     assert not [f for f in report.findings if f.check in ("variable", "output")], str(report)
+
+
+def test_kept_layers_keep_their_policies_nested_models_included():
+    with kpe.config.policy_scope("mixed_float16"):
+        inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="inner_dense")])
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(2, name="head")(inner(inputs)))
+    new = kpe.retarget(model, "bfloat16", keep=["inner_dense"])
+    policies = {layer.name: layer.dtype_policy.name for layer in placed_layers(new)}
+    assert policies["inner_dense"] == "mixed_float16"
+    assert policies["head"] == "bfloat16"
+
+
+@pytest.mark.parametrize(
+    "keep, error, words",
+    [
+        ("head", TypeError, ["keep='head'", "collection of layer names"]),
+        (["head", "typo"], ValueError, ["['typo']", "'head'"]),
+    ],
+)
+def test_bad_keep_is_a_clear_error(keep, error, words):
+    with kpe.config.policy_scope("mixed_float16"):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="head")])
+    with pytest.raises(error) as raised:
+        kpe.retarget(model, "float32", keep=keep)
+    assert all(w in str(raised.value) for w in words), str(raised.value)
+    assert kpe.config.dtype_policy() == kpe.DTypePolicy("float32")  # global state untouched

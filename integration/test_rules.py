@@ -69,3 +69,13 @@ def test_layers_the_rules_did_not_place_keep_their_policies_on_reload(name, tmp_
     assert layer_policies(reloaded) == layer_policies(model)
     x, _ = data(name, n=2)
     assert keras.backend.standardize_dtype(reloaded(x).dtype) == "float32"
+
+
+def test_rules_given_to_save_model_place_every_layer_of_a_model_built_without(tmp_path):
+    with kpe.config.policy_scope("mixed_float16"):
+        model = BUILDERS["sequential_mlp"]()
+    path = tmp_path / "model.keras"
+    kpe.save_model(model, path, rules=RULES.with_default("mixed_bfloat16"))
+    reloaded = kpe.load_model(path)
+    want = ["mixed_bfloat16", "float32", "mixed_bfloat16"]  # Dense, LayerNormalization, Dense
+    assert [p.name for p in layer_policies(reloaded)] == want

@@ -34,6 +34,16 @@ def _replace_policies(
     return out
 
 
+def _config_names(node: Any) -> set[str]:
+    """The names of the layers with a policy in a model config (`InputLayer`s aside)."""
+    if isinstance(node, list):
+        return set().union(*map(_config_names, node))
+    if not isinstance(node, dict) or node.get("class_name") == "InputLayer":
+        return set()
+    own = {node["name"]} if "dtype" in node and isinstance(node.get("name"), str) else set()
+    return own.union(*map(_config_names, node.values()))
+
+
 def _is_float_policy(value: Any) -> bool:
     if not isinstance(value, (str, dict)):
         return False
@@ -59,8 +69,9 @@ def retarget(
     `policy` is a policy, or `keras_policy_ext.Rules` (each layer then gets
     the policy its rule picks; the rules need a default). The layers named
     in `keep` (e.g. the float32 outputs of `with_float32_outputs`) keep
-    their policies. Works for
-    Sequential, functional and registered subclassed models (those that
+    their policies; names match the layers of the model's config, nested
+    models' included. Works for Sequential, functional and registered
+    subclassed models (those that
     round-trip through `get_config` / `from_config`). The weights are carried
     over, cast to the new variable dtypes; `model` is untouched. The new
     model is not compiled.
@@ -80,6 +91,14 @@ def retarget(
     >>> [layer.dtype_policy.name for layer in served.layers[1:]]
     ['bfloat16', 'float32']
     """
+    if isinstance(keep, str):
+        raise TypeError(f"Invalid keep={keep!r}: expected a collection of layer names, not a str.")
+    unknown = set(keep) - _config_names(model.get_config()) if keep else set()
+    if unknown:
+        raise ValueError(
+            f"Invalid keep: no layer named {sorted(unknown)} in {model.name!r}; "
+            f"its layers: {sorted(_config_names(model.get_config()))}."
+        )
     if isinstance(policy, Rules):
         if policy.default is None:
             raise ValueError("Cannot retarget to rules without a default: give Rules(default=...).")

@@ -18,7 +18,7 @@ from typing import Any
 import keras
 
 from keras_policy_ext import plugin
-from keras_policy_ext.retarget import retarget
+from keras_policy_ext.retarget import _config_names, retarget
 from keras_policy_ext.rules import Rules, owner_of
 
 RULES_FILE = "keras_policy_ext.json"
@@ -59,10 +59,13 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | N
     <DTypePolicy "float32">
     """
     model.save(filepath)
-    rules = rules if rules is not None else rules_of(model)
+    built_under = rules_of(model)
+    rules = rules if rules is not None else built_under
     if rules is not None:
-        # The layers the rules did not place keep their own policies on reload.
-        keep = sorted({l.name for l in plugin.sublayers(model) if owner_of(l.dtype_policy) is None})
+        # In a model built under rules, the layers they did not place keep
+        # their own policies on reload.
+        unplaced = {l.name for l in plugin.sublayers(model) if owner_of(l.dtype_policy) is None}
+        keep = [] if built_under is None else sorted(unplaced & _config_names(model.get_config()))
         with zipfile.ZipFile(filepath, "a") as archive:
             archive.writestr(RULES_FILE, json.dumps({"rules": rules.get_config(), "keep": keep}))
 
@@ -76,8 +79,9 @@ def load_model(
 
     `policy` (a policy or `Rules`) retargets the loaded model to it; `None`
     re-applies the rules `save_model` stored, if any, to the layers they
-    placed (else the model is returned as Keras loads it). `kwargs` go to
-    `keras.saving.load_model`.
+    placed (else the model is returned as Keras loads it; files written
+    before kpe stored the other layers' names get the rules on every
+    layer). `kwargs` go to `keras.saving.load_model`.
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):

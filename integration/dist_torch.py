@@ -39,27 +39,31 @@ RULES = kpe.Rules(
     ],
     default="mixed_bfloat16",
 )
-# name: (policy, rules)
-SCENARIOS: dict[str, tuple[str, kpe.Rules | None]] = {
-    "float32": ("float32", None),
-    "mixed_bfloat16": ("mixed_bfloat16", None),
-    "mixed_float16": ("mixed_float16", None),
-    "rules": ("mixed_bfloat16", RULES),
+# name: (policy, rules, initial loss scale for float16 compute)
+TORCH_SCENARIOS: dict[str, tuple[str, kpe.Rules | None, float]] = {
+    "float32": ("float32", None, 2.0**15),
+    "mixed_bfloat16": ("mixed_bfloat16", None, 2.0**15),
+    "mixed_float16": ("mixed_float16", None, 2.0**15),
+    "rules": ("mixed_bfloat16", RULES, 2.0**15),
+    # The first float16 gradients overflow: every run must skip the same steps.
+    "loss_scale_overflow": ("mixed_float16", None, 2.0**20),
 }
 
 
 def built(scenario: str, weights: list[np.ndarray]) -> keras.Model:
     """`distributed.build()` under the scenario's policy, from `weights`."""
-    policy, rules = SCENARIOS[scenario]
+    policy, rules, _ = TORCH_SCENARIOS[scenario]
     with kpe.config.policy_scope(policy, rules=rules):
         model = build()
     model.set_weights(weights)
     return model
 
 
-def loss_scale(model: keras.Model) -> DynamicLossScale | StaticLossScale:
+def loss_scale(scenario: str, model: keras.Model) -> DynamicLossScale | StaticLossScale:
     """A `DynamicLossScale` (growing every 2 finite steps) for float16 compute, else 1."""
-    return DynamicLossScale(period=2) if kpe.needs_loss_scaling(model) else StaticLossScale(1.0)
+    if kpe.needs_loss_scaling(model):
+        return DynamicLossScale(initial=TORCH_SCENARIOS[scenario][2], period=2)
+    return StaticLossScale(1.0)
 
 
 def mse(pred: Any, y: Any) -> Any:
@@ -70,7 +74,9 @@ def dtype(x: Any) -> str:
     return keras.backend.standardize_dtype(x.dtype)
 
 
-def train(model: keras.Model, forward: Any, x: np.ndarray, y: np.ndarray) -> dict:
+def train_loop(
+    scenario: str, model: keras.Model, forward: Any, x: np.ndarray, y: np.ndarray
+) -> dict:
     """`STEPS` SGD steps on `(x, y)` through `forward` (the model, or its DDP wrapper).
 
     `backward()` fills each variable's `.grad`, averaged over the ranks under
@@ -81,7 +87,7 @@ def train(model: keras.Model, forward: Any, x: np.ndarray, y: np.ndarray) -> dic
     """
     optimizer = keras.optimizers.SGD(LEARNING_RATE)
     variables = model.trainable_variables
-    scale = loss_scale(model)
+    scale = loss_scale(scenario, model)
     x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
     losses, scales = [], []
     for _ in range(STEPS):
@@ -143,9 +149,9 @@ def run_rank(rank: int, weights: list[np.ndarray], workdir: str) -> None:
     try:
         x, y = shard(rank)
         results = {}
-        for scenario in SCENARIOS:
+        for scenario in TORCH_SCENARIOS:
             model = built(scenario, weights)
-            results[scenario] = train(model, DistributedDataParallel(model), x, y)
+            results[scenario] = train_loop(scenario, model, DistributedDataParallel(model), x, y)
             if rank == 0:
                 kpe.save_model(model, f"{workdir}/{scenario}.keras")
         pathlib.Path(workdir, f"rank{rank}.json").write_text(json.dumps(results))
@@ -163,9 +169,9 @@ def main(out: str) -> None:
     weights = initial_weights()
     x, y = batch()
     scenarios = {}
-    for scenario in SCENARIOS:
+    for scenario in TORCH_SCENARIOS:
         model = built(scenario, weights)
-        scenarios[scenario] = {"single": train(model, model, x, y)}
+        scenarios[scenario] = {"single": train_loop(scenario, model, model, x, y)}
     with tempfile.TemporaryDirectory() as workdir:
         torch.multiprocessing.spawn(run_rank, args=(weights, workdir), nprocs=WORLD_SIZE)
         ranks = [

@@ -100,7 +100,13 @@ def train(
             if initial_scale is not None:
                 optimizer = kpe.LossScaleOptimizer(optimizer, initial_scale=initial_scale)
             model.compile(optimizer=optimizer, loss="mse")  # the plugin's compile scales by dtype
-            history = model.fit(x, y, batch_size=BATCH, epochs=STEPS, shuffle=False, verbose=0)
+            scales: list[float | None] = []  # after each step (one batch an epoch)
+            record = keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: scales.append(scale_of(model.optimizer))
+            )
+            history = model.fit(
+                x, y, batch_size=BATCH, epochs=STEPS, shuffle=False, verbose=0, callbacks=[record]
+            )
             output = as_numpy(model(x))
             kpe.save_model(model, path)
             loaded = kpe.load_model(path)
@@ -110,7 +116,7 @@ def train(
                 "output_dtype": keras.backend.standardize_dtype(model(x).dtype),
                 "losses": [float(v) for v in history.history["loss"]],
                 "optimizer": f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}",
-                "scale": scale_of(model.optimizer),
+                "scales": scales,
                 "reloaded": {
                     "policies": policies(loaded),
                     "variables": variables(loaded, layout),

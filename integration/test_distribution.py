@@ -31,9 +31,10 @@ pytestmark = pytest.mark.skipif(
 CASES = [(s, e) for s in SCENARIOS for e in ENGINES.get(BACKEND, [])]
 RULED = {"hidden": "mixed_float16", "norm": "float32", "head": "float32"}
 # Distributed steps reduce the batch in another order: in the compute dtype,
-# that moves a loss by a few units in its last place. Two epsilons of the
-# lowest compute dtype in the model (bfloat16: 2**-8, float16: 2**-11).
-LOSS_RTOL = {"mixed_bfloat16": 2 * 2**-8, "mixed_float16": 2 * 2**-11}
+# that moves a loss by a few units in its last place. One machine epsilon of
+# the lowest compute dtype in the model (bfloat16 2**-7, float16 2**-10);
+# measured at most 7.4e-4 and 1.9e-4.
+LOSS_RTOL = {"mixed_bfloat16": 2.0**-7, "mixed_float16": 2.0**-10}
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +85,8 @@ def expected_spec(facts, engine, variable):
 @pytest.mark.parametrize("scenario, engine", CASES)
 def test_variables_are_laid_out_as_asked(facts, scenario, engine):
     _, run = runs(facts, scenario, engine)
+    # On TensorFlow, mirrored copies are whole by construction: what can fail
+    # there is the number of devices holding them (the test above).
     for v in run["variables"]:
         spec = expected_spec(facts, engine, v)
         assert v["layout"]["spec"] == spec, v
@@ -106,14 +109,17 @@ def test_losses_match_one_device(facts, scenario, engine):
 def test_loss_scaling_follows_dtypes_and_agrees_with_one_device(facts, scenario, engine):
     single, run = runs(facts, scenario, engine)
     if SCENARIOS[scenario][0] == "mixed_bfloat16":
-        assert (run["optimizer"], run["scale"]) == ("keras.src.optimizers.sgd.SGD", None)
+        assert run["optimizer"] == "keras.src.optimizers.sgd.SGD"
+        assert run["scales"] == [None] * len(run["losses"])
         return
     assert run["optimizer"] == "keras_policy_ext.scaled_fit.LossScaleOptimizer"
-    assert run["scale"] == single["scale"]
-    skipped = [len(r["losses"]) - len(set(r["losses"])) for r in (single, run)]
-    assert skipped[0] == skipped[1], (single["losses"], run["losses"])
+    assert run["scales"] == single["scales"]  # the same steps skipped (halved), the same scale
+    initial = SCENARIOS[scenario][2] or 2.0**15
+    halvings = [b < a for a, b in zip([initial, *run["scales"]], run["scales"])]
     if scenario == "loss_scale_overflow":  # overflowing steps were skipped, then it trained
-        assert skipped[1] > 0 and run["scale"] < SCENARIOS[scenario][2]
+        assert halvings == [True] * 3 + [False] * (len(halvings) - 3), run["scales"]
+    else:
+        assert not any(halvings), run["scales"]
 
 
 @pytest.mark.parametrize("scenario, engine", CASES)

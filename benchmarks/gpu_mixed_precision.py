@@ -29,7 +29,7 @@ from the same weights), compiles it with `keras.optimizers.Adam(1e-3)` and
 - samples/s: after two warm-up `fit`s (the first traces / compiles the
   train step; the second runs once both sources' models are built, since on
   TensorFlow a model's first `fit` after another model's is slow), R rounds
-  (default 5, 1 with `--small`; `--rounds`) each time one `fit`,
+  (default 6, 1 with `--small`; `--rounds`) each time one `fit`,
   ended by waiting for the device (JAX: the model's variables are ready;
   torch: `torch.cuda.synchronize()`; TensorFlow:
   `tf.test.experimental.sync_devices()`), with the garbage collector off;
@@ -52,7 +52,10 @@ from the same weights), compiles it with `keras.optimizers.Adam(1e-3)` and
   the gap between the process's peak so far and the bytes in use, so bytes
   in use equal the peak, and the peak after the `fit` exceeds it by exactly
   the growth during the `fit`; the ballast is freed after (so one process
-  serves every configuration and kpe and Keras stay interleaved). On a CPU
+  serves every configuration and kpe and Keras stay interleaved). The price:
+  the process's JAX peak grows by each configuration's growth in turn, so
+  the sum of the 12 growths must fit on the device (a memory error is
+  reported in that row's cell, and the run goes on). On a CPU
   no backend reports device memory: the column says `n/a`.
 
 Ratios: `kpe/Keras time` (on the kpe row) is the median over rounds of kpe's
@@ -248,7 +251,8 @@ class _Device:
         if self.backend == "jax":
             gap = self.jax_device.memory_stats()["peak_bytes_in_use"] - start
             zeros = self.module.numpy.zeros
-            ballast = [zeros(BALLAST, "uint8") for _ in range(-(-gap // BALLAST))]
+            chunks = [BALLAST] * (gap // BALLAST) + [gap % BALLAST] * bool(gap % BALLAST)
+            ballast = [zeros(n, "uint8") for n in chunks]
             self.module.block_until_ready(ballast)
             start = self.jax_device.memory_stats()["peak_bytes_in_use"]  # == bytes in use
         elif self.backend == "torch":
@@ -327,16 +331,26 @@ def _measure_pair(model_name: str, policy_name: str, device: _Device, args) -> d
         result["s"] = statistics.median(result["round_s"])
         result["samples_s"] = batch / result["s"]
         if device.memory:
-            growth = device.peak_growth(functools.partial(fit, model))
-            result["mib"] = (result["resident"] + growth) / 2**20
+            try:
+                growth = device.peak_growth(functools.partial(fit, model))
+                result["mib"] = (result["resident"] + growth) / 2**20
+            except Exception as error:  # e.g. out of memory: reported, the run goes on
+                result["mib"] = f"error: {type(error).__name__}"
+                print(f"{model_name} {policy_name} {source} memory: {error!r}", file=sys.stderr)
     if len(models) == len(SOURCES):
         per_round = zip(results["kpe"]["round_s"], results["Keras"]["round_s"])
         results["kpe"]["kpe_keras"] = statistics.median(k / r for k, r in per_round)
     return results
 
 
+def _mib(result: dict) -> str:
+    mib = result["mib"]
+    return mib if isinstance(mib, str) else f"{mib:.1f}"
+
+
 def _ratio(a: dict, b: dict, key: str) -> str:
-    if "error" in a or "error" in b:
+    """`a[key] / b[key]`; `-` when either errored, `n/a` without device memory."""
+    if "error" in a or "error" in b or isinstance(a.get(key), str) or isinstance(b.get(key), str):
         return "-"
     if key not in a:
         return "n/a"
@@ -350,7 +364,7 @@ def _summary(pair: dict) -> str:
         if "error" in result:
             parts.append(f"{source} error: {result['error']}")
         else:
-            mib = f", {result['mib']:.1f} MiB" if "mib" in result else ""
+            mib = f", {_mib(result)} MiB" if "mib" in result else ""
             parts.append(f"{source} {result['samples_s']:.1f} samples/s{mib}")
     return "; ".join(parts)
 
@@ -382,7 +396,7 @@ def measure(backend: str, args: argparse.Namespace) -> list[dict]:
                     "policy": policy_name,
                     "source": source,
                     "samples_s": f"error: {error}" if error else f"{result['samples_s']:.1f}",
-                    "mib": "-" if error else f"{result['mib']:.1f}" if device.memory else "n/a",
+                    "mib": "-" if error else _mib(result) if device.memory else "n/a",
                     "kpe_keras_time": (
                         f"{result['kpe_keras']:.2f}" if "kpe_keras" in result else "-"
                     ),
@@ -421,16 +435,23 @@ KEYS = (
 )
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid --rounds {text!r}: expected an integer >= 1")
+    return value
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
     parser.add_argument("--small", action="store_true", help="tiny sizes: a CPU smoke run")
-    parser.add_argument("--rounds", type=int, help="timed fits per configuration (default 5)")
+    parser.add_argument("--rounds", type=_positive, help="timed fits per configuration (default 6)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is None:
-        args.rounds = 1 if args.small else 5
+        args.rounds = 1 if args.small else 6  # even: kpe and Keras each run first in half
     return args
 
 

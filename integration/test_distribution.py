@@ -10,6 +10,7 @@ model from the same weights on one device; the tests judge the facts it
 writes. PyTorch: `integration/test_distribution_torch.py`.
 """
 
+import os
 import re
 
 import keras
@@ -41,7 +42,8 @@ LOSS_RTOL = {"mixed_bfloat16": 2.0**-7, "mixed_float16": 2.0**-10}
 def facts(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("dist") / "facts.json")
     if BACKEND == "jax":  # 8 simulated CPU devices, asked for before JAX starts
-        return run_child(CHILDREN[BACKEND], out, XLA_FLAGS=dist_jax.XLA_FLAGS)
+        flags = " ".join(filter(None, (os.environ.get("XLA_FLAGS"), dist_jax.XLA_FLAGS)))
+        return run_child(CHILDREN[BACKEND], out, XLA_FLAGS=flags)
     return run_child(CHILDREN[BACKEND], out)
 
 

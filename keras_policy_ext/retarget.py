@@ -71,10 +71,9 @@ def retarget(
     in `keep` (e.g. the float32 outputs of `with_float32_outputs`) keep
     their policies; names match the layers of the model's config, nested
     models' included. Works for Sequential, functional and registered
-    subclassed models (those that
-    round-trip through `get_config` / `from_config`). The weights are carried
-    over, cast to the new variable dtypes; `model` is untouched. The new
-    model is not compiled.
+    subclassed models (those that round-trip through `get_config` /
+    `from_config`). The weights are carried over, cast to the new variable
+    dtypes; `model` is untouched. The new model is not compiled.
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):

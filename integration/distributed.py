@@ -7,7 +7,8 @@ from the same initial weights and data, and writes the facts that the test
 then judges as JSON. `integration/dist_jax.py` and
 `integration/dist_tensorflow.py` are the children; this module holds the
 model, the scenarios, the training and the facts they share, and
-`run_child` for the tests.
+`run_child` for the tests. `integration/dist_torch.py` (torch has no engine
+under `fit`: a DDP custom loop) shares the model, the data and `run_child`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import keras
 import numpy as np
 
 import keras_policy_ext as kpe
+from integration.builders import as_numpy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 32  # one full batch per step; divides across 8 devices, and 2 x 4
@@ -164,10 +166,6 @@ def scale_of(optimizer: keras.optimizers.Optimizer) -> float | None:
     if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
         return float(keras.ops.convert_to_numpy(optimizer.dynamic_scale))
     return None
-
-
-def as_numpy(y: Any) -> np.ndarray:
-    return keras.ops.convert_to_numpy(keras.ops.cast(y, "float32"))
 
 
 def write(facts: dict) -> None:

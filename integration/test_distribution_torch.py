@@ -17,8 +17,9 @@ What Keras 3.15.1's torch backend supports for distribution today:
 
 `dist_torch.py` runs once, as its own process, and reports; the tests judge
 its report. Each scenario (float32, mixed_bfloat16, mixed_float16 with a
-`DynamicLossScale`, rules) trains the same model from the same weights on one
-process with the full batch and in DDP with half the batch per rank.
+`DynamicLossScale`, rules, and a loss scale that starts overflowing) trains
+the same model from the same weights on one process with the full batch and
+in DDP with half the batch per rank.
 """
 
 import math

@@ -122,7 +122,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from per_backend import BACKENDS, markdown_table, run_child, selected
+from per_backend import argument_parser, markdown_table, run_child, selected
 
 MODELS = ("transformer", "resnet")
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -443,12 +443,10 @@ def _positive(text: str) -> int:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
+    parser = argument_parser(__doc__)
     parser.add_argument("--small", action="store_true", help="tiny sizes: a CPU smoke run")
     parser.add_argument("--rounds", type=_positive, help="timed fits per configuration (default 6)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.small else 6  # even: kpe and Keras each run first in half

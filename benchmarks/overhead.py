@@ -37,7 +37,7 @@ import statistics
 import sys
 import time
 
-from per_backend import BACKENDS, markdown_table, run_child, selected
+from per_backend import argument_parser, markdown_table, run_child, selected
 
 MAX_RATIO = 1.05
 POLICY = "mixed_bfloat16"
@@ -180,11 +180,9 @@ def _table(rows: list[dict]) -> str:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
+    parser = argument_parser(__doc__)
     parser.add_argument("--rounds", type=int, help="timed rounds (default 21)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (3 short rounds)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 3 if args.quick else 21

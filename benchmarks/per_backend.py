@@ -7,6 +7,7 @@ rows as JSON on its last stdout line.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
@@ -15,6 +16,14 @@ import sys
 
 BACKENDS = ("jax", "torch", "tensorflow")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def argument_parser(doc: str) -> argparse.ArgumentParser:
+    """A script's parser, with `--backend` (one, or `all`) and the hidden `--child`."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    return parser
 
 
 def selected(choice: str) -> list[str]:

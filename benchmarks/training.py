@@ -81,7 +81,7 @@ import sys
 import time
 import tracemalloc
 
-from per_backend import BACKENDS, markdown_table, run_child, selected
+from per_backend import argument_parser, markdown_table, run_child, selected
 
 MODELS = ("sequential_mlp", "functional_conv", "transformer_block", "embedding_lstm")
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -242,13 +242,11 @@ def _table(rows: list[dict]) -> str:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
+    parser = argument_parser(__doc__)
     parser.add_argument(
         "--quick", action="store_true", help="a fast smoke run (1 round, 1 epoch of 64 samples)"
     )
     parser.add_argument("--rounds", type=int, help="timed fits per configuration (default 5)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 5

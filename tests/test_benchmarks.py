@@ -7,33 +7,32 @@ import sys
 import keras
 
 ROOT = pathlib.Path(__file__).parents[1]
+BACKEND = keras.backend.backend()
+
+
+def run(script: str, flag: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Runs `benchmarks/<script> <flag>` on this backend; the result and its table rows."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), flag, "--backend", BACKEND],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {BACKEND} ")]
+    return result, rows
 
 
 def test_overhead_quick_run_prints_every_row():
-    backend = keras.backend.backend()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "overhead.py"),
-         "--quick", "--backend", backend],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    result, rows = run("overhead.py", "--quick")
     assert result.returncode in (0, 1), result.stderr  # 1: a target missed
-    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {backend} ")]
     cases = {row.split("|")[2].strip() for row in rows}
     expected = {"Dense(64) call, mixed_bfloat16", "convert_input"}
-    if backend == "jax":
+    if BACKEND == "jax":
         expected |= {"jaxpr casts, mixed_float16", "jaxpr casts, mixed_bfloat16"}
     assert cases == expected, result.stdout
 
 
 def test_training_quick_run_prints_every_row():
-    backend = keras.backend.backend()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "training.py"),
-         "--quick", "--backend", backend],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+    result, rows = run("training.py", "--quick")
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {backend} ")]
     configs = [tuple(cell.strip() for cell in row.split("|")[2:5]) for row in rows]
     expected = {
         (model, policy, source)
@@ -45,14 +44,8 @@ def test_training_quick_run_prints_every_row():
 
 
 def test_gpu_mixed_precision_small_run_prints_every_row():
-    backend = keras.backend.backend()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_mixed_precision.py"),
-         "--small", "--backend", backend],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+    result, rows = run("gpu_mixed_precision.py", "--small")
     assert result.returncode == 0, result.stderr
-    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {backend} ")]
     cells = [[cell.strip() for cell in row.split("|")[2:-1]] for row in rows]
     table = {tuple(row[:3]): row[3:] for row in cells}
     expected = {
@@ -65,7 +58,7 @@ def test_gpu_mixed_precision_small_run_prints_every_row():
     errored = {config for config, row in table.items() if row[0].startswith("error: ")}
     # XLA on CPU cannot train MultiHeadAttention under mixed_float16 (Keras 3.15.1)
     known = {("transformer", "mixed_float16", source) for source in ("kpe", "Keras")}
-    assert errored <= (known if backend == "jax" else set()), result.stdout
+    assert errored <= (known if BACKEND == "jax" else set()), result.stdout
 
     def filled(cell: str, memory: bool) -> bool:  # device memory is "n/a" on a CPU
         return (memory and cell == "n/a") or float(cell) > 0

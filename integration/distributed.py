@@ -109,13 +109,14 @@ def train(
             history = model.fit(
                 x, y, batch_size=BATCH, epochs=STEPS, shuffle=False, verbose=0, callbacks=[record]
             )
-            output = as_numpy(model(x))
+            y_pred = model(x)
+            output = as_numpy(y_pred)
             kpe.save_model(model, path)
             loaded = kpe.load_model(path)
             facts = {
                 "policies": policies(model),
                 "variables": created,
-                "output_dtype": keras.backend.standardize_dtype(model(x).dtype),
+                "output_dtype": keras.backend.standardize_dtype(y_pred.dtype),
                 "losses": [float(v) for v in history.history["loss"]],
                 "optimizer": f"{type(model.optimizer).__module__}.{type(model.optimizer).__name__}",
                 "scales": scales,

@@ -92,11 +92,11 @@ def retarget(
     """
     if isinstance(keep, str):
         raise TypeError(f"Invalid keep={keep!r}: expected a collection of layer names, not a str.")
-    unknown = set(keep) - _config_names(model.get_config()) if keep else set()
-    if unknown:
+    names = _config_names(model.get_config()) if keep else set()
+    if set(keep) - names:
         raise ValueError(
-            f"Invalid keep: no layer named {sorted(unknown)} in {model.name!r}; "
-            f"its layers: {sorted(_config_names(model.get_config()))}."
+            f"Invalid keep: no layer named {sorted(set(keep) - names)} in {model.name!r}; "
+            f"its layers: {sorted(names)}."
         )
     if isinstance(policy, Rules):
         if policy.default is None:

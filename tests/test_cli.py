@@ -155,3 +155,30 @@ def test_doctest_command(tmp_path):
     assert ok.returncode == 0 and f"{BACKEND}: 1 passed" in ok.stdout
     failed = cli("doctest", "--backends", BACKEND, str(good), str(bad))
     assert failed.returncode == 1 and "FAILED" in failed.stdout
+
+
+@pytest.mark.parametrize(
+    "backends",
+    [
+        {},  # no backend at all
+        {"jax": {"skipped": "jax is not installed"}},  # every backend skipped
+        {BACKEND: {"ok": True, "cases": []}},  # a backend that ran no case
+    ],
+    ids=["no-backend", "all-skipped", "zero-cases"],
+)
+def test_zero_cases_run_is_never_a_pass(backends):
+    from keras_policy_ext.testing.formats import summary
+    from keras_policy_ext.testing.matrix import MatrixResult
+
+    result = MatrixResult(backends, 0.1)
+    assert not result.ok
+    assert summary(result).startswith("DOES NOT CONFORM")
+
+
+def test_a_backend_that_failed_to_run_is_not_a_pass():
+    from keras_policy_ext.testing.matrix import MatrixResult
+
+    case = {"layer": "Dense", "policy": "float32", "source": "kpe", "backend": BACKEND}
+    ran = {"ok": True, "cases": [{**case, "findings": []}]}
+    assert MatrixResult({BACKEND: ran}, 0.1).ok
+    assert not MatrixResult({BACKEND: ran, "other": {"error": "exit status 1"}}, 0.1).ok

@@ -27,9 +27,12 @@ def summary(result: MatrixResult) -> str:
     """One line: cases, findings per policy source, skipped backends, time.
 
     >>> from keras_policy_ext.testing.matrix import MatrixResult
-    >>> print(summary(MatrixResult({"jax": {"ok": True, "cases": []},
+    >>> case = {"layer": "Dense", "policy": "float32", "source": "kpe", "findings": []}
+    >>> print(summary(MatrixResult({"jax": {"ok": True, "cases": [case]},
     ...                             "torch": {"skipped": "torch is not installed"}}, 2.0)))
-    CONFORMS: 0 cases on jax, 0 with findings; skipped: torch (torch is not installed); 2.0 s
+    CONFORMS: 1 cases on jax, 0 with findings; skipped: torch (torch is not installed); 2.0 s
+    >>> print(summary(MatrixResult({"jax": {"ok": True, "cases": []}}, 2.0)))
+    DOES NOT CONFORM: 0 cases on jax, 0 with findings; 2.0 s
     """
     ran = {b: r for b, r in result.backends.items() if "cases" in r}
     cases = [c for r in ran.values() for c in r["cases"]]

@@ -30,14 +30,19 @@ class TargetError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class MatrixResult:
-    """Per-backend results: a `Report` dict, or why the backend did not run."""
+    """Per-backend results: a `Report` dict, or why the backend did not run.
+
+    `ok` only when at least one case ran, every backend that ran reported no
+    finding, and none failed to run: zero cases run is never a pass.
+    """
 
     backends: dict[str, dict[str, Any]]
     seconds: float
 
     @property
     def ok(self) -> bool:
-        return all(r.get("ok") for r in self.backends.values() if "skipped" not in r)
+        ran = [r for r in self.backends.values() if "skipped" not in r]
+        return any(r.get("cases") for r in ran) and all(r.get("ok") for r in ran)
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "seconds": round(self.seconds, 1), "backends": self.backends}

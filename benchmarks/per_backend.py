@@ -8,13 +8,13 @@ rows as JSON on its last stdout line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 
-BACKENDS = ("jax", "torch", "tensorflow")
+from keras_policy_ext.backends import BACKENDS, installed_backends
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -29,7 +29,7 @@ def argument_parser(doc: str) -> argparse.ArgumentParser:
 def selected(choice: str) -> list[str]:
     """The backends for `--backend`: one, or every importable one for `all`."""
     if choice == "all":
-        return [b for b in BACKENDS if importlib.util.find_spec(b)]
+        return installed_backends()
     return [choice]
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
+from keras_policy_ext.backends import BACKENDS
 from integration.builders import BUILDERS, as_numpy, data, layer_policies
 
 DATA = pathlib.Path(__file__).parent / "data"
-BACKENDS = ("jax", "tensorflow", "torch")
 
 
 @pytest.mark.parametrize("plugin", [True, False], ids=["plugin", "no_plugin"])

@@ -9,8 +9,7 @@ from typing import Any, NamedTuple
 import keras
 
 from keras_policy_ext import dtype_policies
-
-BACKENDS = ("jax", "tensorflow", "torch")
+from keras_policy_ext.backends import BACKENDS
 _FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
 
 

@@ -46,7 +46,7 @@ def cli(*args, tmp_path=None):
     if tmp_path is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
     return subprocess.run(
-        [sys.executable, "-m", "keras_policy_ext.cli", *args],
+        [sys.executable, "-m", "keras_policy_ext", *args],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
 
@@ -167,8 +167,8 @@ def test_doctest_command(tmp_path):
     ids=["no-backend", "all-skipped", "zero-cases"],
 )
 def test_zero_cases_run_is_never_a_pass(backends):
-    from keras_policy_ext.testing.formats import summary
-    from keras_policy_ext.testing.matrix import MatrixResult
+    from keras_policy_ext.cli.formats import summary
+    from keras_policy_ext.cli.matrix import MatrixResult
 
     result = MatrixResult(backends, 0.1)
     assert not result.ok
@@ -176,7 +176,7 @@ def test_zero_cases_run_is_never_a_pass(backends):
 
 
 def test_a_backend_that_failed_to_run_is_not_a_pass():
-    from keras_policy_ext.testing.matrix import MatrixResult
+    from keras_policy_ext.cli.matrix import MatrixResult
 
     case = {"layer": "Dense", "policy": "float32", "source": "kpe", "backend": BACKEND}
     ran = {"ok": True, "cases": [{**case, "findings": []}]}

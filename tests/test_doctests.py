@@ -6,8 +6,8 @@ from pathlib import Path
 import keras
 
 import keras_policy_ext as kpe
-from keras_policy_ext.testing import doctests
-from keras_policy_ext.testing.backends import BACKENDS
+from keras_policy_ext.backends import BACKENDS
+from keras_policy_ext.cli import doctests
 
 ROOT = Path(__file__).parents[1]
 BACKEND = keras.backend.backend()

@@ -22,8 +22,6 @@ from keras_policy_ext.testing.checks import (
     assert_conforms,
     check_layer,
 )
-from keras_policy_ext.testing.doctests import run_files as run_doctests
-from keras_policy_ext.testing.matrix import MatrixResult, TargetError, run_matrix
 from keras_policy_ext.testing.state import clean_state
 from keras_policy_ext.testing.zoo import ZOO, ZooEntry
 
@@ -34,13 +32,9 @@ __all__ = [
     "CaseResult",
     "ConformanceError",
     "Finding",
-    "MatrixResult",
     "Report",
-    "TargetError",
     "ZooEntry",
     "assert_conforms",
     "check_layer",
     "clean_state",
-    "run_doctests",
-    "run_matrix",
 ]

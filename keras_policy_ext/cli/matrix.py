@@ -1,7 +1,7 @@
 """The conformance matrix: layers x policies, one subprocess per backend.
 
 `run_matrix` is what `keras-policy-ext check` runs. Each backend's child
-(`python -m keras_policy_ext.testing.matrix IN OUT`) checks the zoo entries
+(`python -m keras_policy_ext.cli.matrix IN OUT`) checks the zoo entries
 and user targets on its backend and reports progress on stderr.
 """
 
@@ -15,11 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from keras_policy_ext.testing.backends import (
-    check_backends,
-    installed_backends,
-    run_per_backend,
-)
+from keras_policy_ext.backends import BACKENDS, check_backends, installed_backends
+from keras_policy_ext.cli.runner import run_per_backend
 
 PROGRESS = "kpe-progress"
 
@@ -55,11 +52,11 @@ def load_target(spec: str) -> tuple[str, Callable[[], Any]]:
     or model to check, built with `dtype=None` (it is called inside each
     policy's scope), and the inputs to call it with.
 
-    >>> from keras_policy_ext.testing.matrix import load_target
+    >>> from keras_policy_ext.cli.matrix import load_target
     >>> load_target("no_such_module_xyz:make")
     Traceback (most recent call last):
     ...
-    keras_policy_ext.testing.matrix.TargetError: cannot import 'no_such_module_xyz' for target ...
+    keras_policy_ext.cli.matrix.TargetError: cannot import 'no_such_module_xyz' for target ...
     """
     module_name, sep, attr = spec.partition(":")
     if not (sep and module_name and attr):
@@ -157,7 +154,7 @@ def run_matrix(
     from keras_policy_ext import dtype_policies
     from keras_policy_ext.testing.checks import DEFAULT_POLICIES
 
-    wanted = list(backends) if backends else ["jax", "tensorflow", "torch"]
+    wanted = list(backends) if backends else list(BACKENDS)
     check_backends(wanted)
     policies = list(policies or DEFAULT_POLICIES)
     for policy in policies:
@@ -178,7 +175,7 @@ def run_matrix(
             on_progress(backend, done, total)
 
     start = time.perf_counter()
-    results = run_per_backend("keras_policy_ext.testing.matrix", args, run, on_line) if run else {}
+    results = run_per_backend("keras_policy_ext.cli.matrix", args, run, on_line) if run else {}
     for result in results.values():
         if "target_error" in result:
             raise TargetError(result["target_error"])

@@ -7,7 +7,7 @@ directives work: `>>> x = 1  # doctest: +SKIP_TORCH` (also `+SKIP_JAX`,
 `+SKIP_TENSORFLOW`). Global policy state is restored after each file.
 
 >>> import keras, os, tempfile
->>> from keras_policy_ext.testing.doctests import run_file
+>>> from keras_policy_ext.cli.doctests import run_file
 >>> skip = "# doctest: +SKIP_" + keras.backend.backend().upper()
 >>> text = "\\n".join([">>> 1 + 1", "2", ">>> 1 + 1  " + skip, "3", ">>> 2 * 3", "5"])
 >>> with tempfile.TemporaryDirectory() as tmp:
@@ -43,7 +43,8 @@ from typing import Any
 
 import keras
 
-from keras_policy_ext.testing.backends import BACKENDS, run_per_backend
+from keras_policy_ext.backends import BACKENDS
+from keras_policy_ext.cli.runner import run_per_backend
 from keras_policy_ext.testing.state import clean_state
 
 # Option flags for `# doctest: +SKIP_JAX` etc., by backend.
@@ -155,7 +156,7 @@ def expand_paths(paths: Sequence[str]) -> list[str]:
     """Replaces each directory by its `.md`, `.rst` and `.py` files, sorted.
 
     >>> import os, tempfile
-    >>> from keras_policy_ext.testing.doctests import expand_paths
+    >>> from keras_policy_ext.cli.doctests import expand_paths
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     for name in ("b.md", "a.py", "c.txt"):
     ...         open(os.path.join(tmp, name), "w").close()
@@ -184,7 +185,7 @@ def run_files(paths: Sequence[str], backends: Sequence[str]) -> dict[str, list[d
     entry, for file `"*"`, carrying the error.
     """
     paths = expand_paths(paths)
-    raw = run_per_backend("keras_policy_ext.testing.doctests", {"paths": paths}, backends)
+    raw = run_per_backend("keras_policy_ext.cli.doctests", {"paths": paths}, backends)
     results = {}
     for backend, result in raw.items():
         if isinstance(result, dict):
@@ -217,7 +218,7 @@ def _cell(result: dict) -> str:
 def format_report(results: dict[str, list[dict]]) -> str:
     """A file x backend table of `run_files` results, the failures, a total.
 
-    >>> from keras_policy_ext.testing.doctests import format_report
+    >>> from keras_policy_ext.cli.doctests import format_report
     >>> ok = {"file": "README.md", "attempted": 3, "failed": 0, "skipped": 1,
     ...       "failures": []}
     >>> bad = {**ok, "failed": 1, "failures": ["boom\\n"]}

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from importlib.metadata import version
 
-from keras_policy_ext.testing.backends import BACKENDS
+from keras_policy_ext.backends import BACKENDS
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -46,8 +46,8 @@ class _Progress:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from keras_policy_ext.testing.formats import FORMATS, summary
-    from keras_policy_ext.testing.matrix import run_matrix
+    from keras_policy_ext.cli.formats import FORMATS, summary
+    from keras_policy_ext.cli.matrix import run_matrix
 
     if not args.output and not sys.stderr.isatty():
         print("checking every layer x policy per backend ...", file=sys.stderr)
@@ -77,8 +77,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _doctest(args: argparse.Namespace) -> int:
-    from keras_policy_ext.testing.backends import installed_backends
-    from keras_policy_ext.testing.doctests import format_report, run_files
+    from keras_policy_ext.backends import installed_backends
+    from keras_policy_ext.cli.doctests import format_report, run_files
 
     backends = args.backends or installed_backends()
     missing = [b for b in backends if b not in installed_backends()]
@@ -184,6 +184,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     return args.run(args)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,29 +10,6 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
-
-from keras_policy_ext.validation import BACKENDS
-
-
-def installed_backends() -> list[str]:
-    """The backends importable here, found without importing any of them.
-
-    >>> from keras_policy_ext.testing.backends import installed_backends
-    >>> import keras
-    >>> keras.backend.backend() in installed_backends()
-    True
-    """
-    return [b for b in BACKENDS if importlib.util.find_spec(b) is not None]
-
-
-def check_backends(backends: Sequence[str]) -> None:
-    """Raises `ValueError` naming any unknown backend name."""
-    unknown = [b for b in backends if b not in BACKENDS]
-    if unknown:
-        raise ValueError(
-            f"Unknown backend(s): {', '.join(map(repr, unknown))}; valid "
-            f"backends: {', '.join(BACKENDS)}."
-        )
 
 
 def run_per_backend(

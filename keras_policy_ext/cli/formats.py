@@ -6,7 +6,7 @@ import json
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from keras_policy_ext.testing.matrix import MatrixResult
+from keras_policy_ext.cli.matrix import MatrixResult
 
 
 def _cell(cases: list[dict]) -> str:
@@ -26,7 +26,7 @@ def _cell(cases: list[dict]) -> str:
 def summary(result: MatrixResult) -> str:
     """One line: cases, findings per policy source, skipped backends, time.
 
-    >>> from keras_policy_ext.testing.matrix import MatrixResult
+    >>> from keras_policy_ext.cli.matrix import MatrixResult
     >>> case = {"layer": "Dense", "policy": "float32", "source": "kpe", "findings": []}
     >>> print(summary(MatrixResult({"jax": {"ok": True, "cases": [case]},
     ...                             "torch": {"skipped": "torch is not installed"}}, 2.0)))

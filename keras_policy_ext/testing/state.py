@@ -14,6 +14,9 @@ from keras_policy_ext import config, plugin
 def clean_state() -> Iterator[None]:
     """Restores kpe's default policy, the plugin and `floatx` on exit.
 
+    The plugin goes back to installed or not as an explicit `install()`
+    left it (open `installed()` blocks are theirs to close).
+
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.testing.clean_state():
     ...     kpe.install()
@@ -22,7 +25,7 @@ def clean_state() -> Iterator[None]:
     (False, 'float32')
     """
     default = config._get_default()
-    was_installed = plugin.is_installed()
+    was_installed = plugin._explicit
     floatx = keras.config.floatx()
     try:
         yield

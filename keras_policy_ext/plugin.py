@@ -31,6 +31,12 @@ after `install()` in place. Keras's legacy `keras._tf_keras` namespace is
 left alone. `sublayers` lists a layer's nested layers with
 `Layer._flatten_layers`, also checked.
 
+`keras_policy_ext.config` reads and writes Keras's per-thread global policy
+through this module (`_keras_global`, `_set_keras_global`) and tells a
+`keras.utils.clear_session()` apart by `_keras_session`: they use
+`keras.src.backend.common.global_state`, whose `GLOBAL_STATE_TRACKER`
+`clear_session()` replaces.
+
 The plugin is in place while an explicit `install()` stands or any
 `installed()` block is open, in any thread: `installed()` blocks are
 counted, `install()` / `uninstall()` set and clear one flag (not counted),
@@ -44,10 +50,12 @@ import contextlib
 import importlib
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
+from keras.src.backend.common import global_state
 
 from keras_policy_ext import config, dtype_policies, rules, scaled_fit
 
@@ -125,6 +133,21 @@ _explicit = False  # an install() stands
 _blocks = 0  # installed() blocks open, in every thread
 
 
+def _keras_global() -> keras.DTypePolicy | None:
+    """Keras's own global policy of this thread, as stored (`None`: unset)."""
+    return global_state.get_global_attribute("dtype_policy")
+
+
+def _set_keras_global(policy: keras.DTypePolicy | None) -> None:
+    """Stores Keras's own global policy of this thread (`None` unsets it)."""
+    global_state.set_global_attribute("dtype_policy", policy)
+
+
+def _keras_session() -> weakref.ref:
+    """A token of Keras's state, which `keras.utils.clear_session()` replaces."""
+    return weakref.ref(global_state.GLOBAL_STATE_TRACKER)
+
+
 def owner(path: str) -> Any:
     """The module, or class in a module, that a dotted path names (or `None`)."""
     module_name, obj, rest = path, None, []
@@ -155,6 +178,8 @@ def _resolve() -> list[tuple[str, object, str, Callable]]:
         _current_path()
     except ImportError:
         missing.append("keras.src.backend.common.name_scope.current_path")
+    if not hasattr(global_state, "GLOBAL_STATE_TRACKER"):
+        missing.append("keras.src.backend.common.global_state.GLOBAL_STATE_TRACKER")
     if missing:
         raise RuntimeError(
             "keras_policy_ext cannot install its plugin on Keras "
@@ -216,7 +241,9 @@ def uninstall() -> None:
 
     While `installed()` blocks are open (in any thread), the plugin stays
     until the last of them exits. Only attributes that still hold kpe's
-    function are restored: a patch made after `install()` stays.
+    function are restored: a patch made after `install()` stays. Keras's
+    own global policy is as `install()` found it (kpe's default, set while
+    installed, is kpe's and stays there).
 
     >>> import keras, keras_policy_ext as kpe
     >>> kpe.install(); kpe.uninstall()

@@ -148,6 +148,13 @@ def test_missing_keras_internal_is_a_clear_error(monkeypatch):
     assert keras.config.dtype_policy.__module__.startswith("keras.")
 
 
+def keras_global():
+    """Keras's own per-thread global policy, as stored (`None`: never set)."""
+    from keras.src.backend.common import global_state
+
+    return global_state.get_global_attribute("dtype_policy")
+
+
 def test_installed_blocks_are_counted_across_threads():
     """A enters, B enters, A exits: B's block keeps the plugin until it exits."""
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
@@ -276,3 +283,77 @@ def test_compile_resolved_before_uninstall_still_compiles():
     compile_(optimizer="sgd", loss="mse")  # KeyError before the fix
     assert model.compiled
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+@pytest.mark.parametrize("with_plugin", [True, False])
+def test_clear_session_resets_the_global_policy_as_stock_keras_does(with_plugin):
+    stock = []
+    keras.config.set_dtype_policy("mixed_float16")  # Keras's own, plugin not installed
+    keras.utils.clear_session()
+    stock.append(keras.config.dtype_policy().name)
+    if with_plugin:
+        kpe.install()
+    keras.config.set_floatx("float64")
+    kpe.config.set_dtype_policy("mixed_float16")
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    keras.utils.clear_session()
+    assert kpe.config.dtype_policy().name == "float64"
+    assert keras.config.dtype_policy().name == "float64"
+    assert keras.layers.Dense(2).dtype_policy.name == "float64"
+    assert stock == ["float32"]  # stock Keras: the policy of floatx
+
+
+def test_uninstall_leaves_keras_s_global_as_before_install():
+    keras.config.set_dtype_policy("mixed_bfloat16")  # stock Keras, this thread
+    theirs = keras_global()
+    kpe.install()
+    keras.config.set_dtype_policy("float16")
+    with kpe.config.policy_scope("mixed_float16"):
+        keras.layers.Dense(2)
+    kpe.config.set_dtype_policy("bfloat16")
+    kpe.uninstall()
+    assert keras_global() is theirs
+    assert keras.layers.Dense(2).dtype_policy is theirs
+
+
+def test_uninstall_with_keras_s_global_never_set_leaves_it_unset():
+    keras.utils.clear_session(free_memory=False)  # as in a fresh process
+    assert keras_global() is None
+    kpe.install()
+    keras.config.set_dtype_policy("float16")
+    with kpe.config.policy_scope("mixed_float16"):
+        pass
+    kpe.uninstall()
+    assert keras_global() is None
+    keras.config.set_floatx("float64")
+    assert keras.layers.Dense(2).dtype_policy.name == "float64"
+    assert type(keras.layers.Dense(2).dtype_policy) is keras.DTypePolicy
+
+
+def test_asyncio_tasks_build_stock_layers_under_their_own_scopes():
+    import asyncio
+
+    kpe.install()
+
+    async def task(name, entered, release):
+        with kpe.config.policy_scope(name):
+            entered.set()
+            await release.wait()  # the other task's scope is open too
+            return keras.layers.Dense(2).dtype_policy.name
+
+    async def main():
+        release = asyncio.Event()
+        entered = [asyncio.Event(), asyncio.Event()]
+        tasks = [
+            asyncio.create_task(task(n, e, release))
+            for n, e in zip(["float16", "mixed_bfloat16"], entered)
+        ]
+        for e in entered:
+            await e.wait()
+        outside = keras.layers.Dense(2).dtype_policy.name
+        release.set()
+        return outside, await asyncio.gather(*tasks)
+
+    outside, names = asyncio.run(main())
+    assert outside == "float32"
+    assert names == ["float16", "mixed_bfloat16"]

@@ -39,6 +39,7 @@ from typing import Any
 import keras
 
 from keras_policy_ext.policy import DTypePolicy, from_name
+from keras_policy_ext.rules import Rules
 
 _lock = threading.Lock()
 # (policy, Keras session token): the policy is the default while the token is
@@ -198,7 +199,7 @@ def scoped_rules() -> Any:
 
 @contextlib.contextmanager
 def policy_scope(
-    policy: keras.DTypePolicy | str | None = None, *, rules: Any = None
+    policy: keras.DTypePolicy | str | None = None, *, rules: Rules | None = None
 ) -> Iterator[keras.DTypePolicy]:
     """Puts `policy` (and `rules`) in force for the current context.
 
@@ -207,7 +208,8 @@ def policy_scope(
     With `rules` (a `keras_policy_ext.Rules`, which needs the plugin), each
     layer built in the scope gets the policy its first matching rule picks;
     `policy` (else the rules' default, else the policy in force) is the
-    default.
+    default. Bad arguments raise `ValueError` / `TypeError` / `RuntimeError`
+    before anything changes.
 
     Without the plugin, stock layers follow a scope through Keras's own
     per-thread global, which the scope restores on exit to the very object
@@ -219,8 +221,17 @@ def policy_scope(
     <DTypePolicy "mixed_float16">
     >>> kpe.config.dtype_policy()
     <DTypePolicy "float32">
+    >>> with kpe.config.policy_scope("float16", rules=5):
+    ...     pass
+    Traceback (most recent call last):
+    TypeError: Invalid rules=5 (of type int): expected a keras_policy_ext.Rules, or None.
     """
     if rules is not None:
+        if not isinstance(rules, Rules):
+            raise TypeError(
+                f"Invalid rules={rules!r} (of type {type(rules).__name__}): "
+                "expected a keras_policy_ext.Rules, or None."
+            )
         from keras_policy_ext import plugin
 
         if not plugin.is_installed():
@@ -229,7 +240,13 @@ def policy_scope(
                 "call keras_policy_ext.install() (or use `with "
                 "keras_policy_ext.installed():`) before policy_scope(rules=...)."
             )
-        rules = rules.with_default(policy or rules.default or dtype_policy())
+        if policy is not None:
+            policy = _as_policy(policy)
+        elif rules.default is not None:
+            policy = rules.default
+        else:
+            policy = dtype_policy()
+        rules = rules.with_default(policy)
         policy = rules.default
     elif policy is None:
         raise ValueError("policy_scope needs a policy, rules, or both.")

@@ -273,9 +273,36 @@ def test_without_the_plugin_stock_layers_see_the_thread_s_latest_scope(first_out
     assert keras_global() is theirs
 
 
+@pytest.mark.parametrize("installed", [False, True])
+@pytest.mark.parametrize("bad", [5, "float32", kpe.DTypePolicy("float32"), [1]])
+def test_policy_scope_rejects_rules_that_are_not_rules(bad, installed):
+    if installed:
+        kpe.install()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    before = (kpe.config.dtype_policy(), keras_global())
+    with pytest.raises(TypeError, match=r"rules=.*Rules") as info:
+        with kpe.config.policy_scope("float16", rules=bad):
+            pass  # pragma: no cover
+    assert repr(bad) in str(info.value)
+    assert (kpe.config.dtype_policy(), keras_global()) == before
+    assert kpe.config.dtype_policy() is before[0] and keras_global() is before[1]
+    assert kpe.config.scoped_rules() is None
+
+
 def test_clear_session_resets_the_default_also_without_the_plugin():
     kpe.config.set_dtype_policy("mixed_float16")
     keras.utils.clear_session(free_memory=False)
     assert kpe.config.dtype_policy().name == "float32"
     assert in_thread(kpe.config.dtype_policy).name == "float32"
     assert keras.layers.Dense(2).dtype_policy.name == "float32"
+
+
+@pytest.mark.parametrize("bad", [3, "float33"])
+def test_policy_scope_with_rules_rejects_a_bad_policy(bad):
+    kpe.install()
+    rules = kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax)], default="float16")
+    with pytest.raises(ValueError, match=repr(bad)):
+        with kpe.config.policy_scope(bad, rules=rules):
+            pass  # pragma: no cover
+    assert kpe.config.dtype_policy().name == "float32"
+    assert kpe.config.scoped_rules() is None

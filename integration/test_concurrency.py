@@ -69,3 +69,57 @@ def test_default_set_in_a_worker_reaches_the_main_thread_and_others():
     run_threads(lambda: seen.append(build_and_run("sequential_mlp")[1]), [()] * 3)
     assert seen == ["bfloat16"] * 3
     assert build_and_run("sequential_mlp")[1] == "bfloat16"
+
+
+def test_installed_blocks_in_many_threads_keep_the_plugin_until_the_last_exits():
+    """Threads enter `installed()` one after another and leave in the same order."""
+    n = len(THREAD_POLICIES)
+    entered = [threading.Event() for _ in range(n)]
+    left = [threading.Event() for _ in range(n)]
+    results = {}
+
+    def worker(i, policy):
+        if i:
+            entered[i - 1].wait()
+        with kpe.installed():
+            entered[i].set()
+            if i:
+                left[i - 1].wait()  # every earlier block has exited
+            with kpe.config.policy_scope(policy):
+                model, out_dtype = build_and_run("sequential_mlp")
+            results[policy] = (kpe.is_installed(), out_dtype, model)
+        left[i].set()
+
+    run_threads(worker, list(enumerate(THREAD_POLICIES)))
+    for policy in THREAD_POLICIES:
+        installed, out_dtype, model = results[policy]
+        assert installed, policy
+        assert out_dtype == kpe.DTypePolicy(policy).compute_dtype, policy
+        for layer in all_layers(model):
+            if not isinstance(layer, keras.layers.InputLayer):
+                assert type(layer.dtype_policy) is kpe.DTypePolicy, (policy, layer.path)
+    assert not kpe.is_installed()
+
+
+def test_compile_while_another_thread_installs_and_uninstalls():
+    rounds = 30
+    stop = threading.Event()
+    compiled = []
+
+    def toggler():
+        while not stop.is_set():
+            kpe.install()
+            kpe.uninstall()
+
+    def compiler():
+        try:
+            for _ in range(rounds):
+                model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+                model.compile(optimizer="sgd", loss="mse")
+                compiled.append(model.compiled)
+        finally:
+            stop.set()
+
+    run_threads(lambda role: role(), [(toggler,), (compiler,)])
+    assert compiled == [True] * rounds
+    assert not kpe.is_installed()

@@ -2,12 +2,30 @@
 
 `set_dtype_policy` sets one default for the whole process, seen by every
 thread (Keras's own global is per thread). `policy_scope` overrides it for
-the current context only: other threads and asyncio tasks do not see it.
+the current context only: `dtype_policy()` in other threads and other
+asyncio tasks does not see it. `keras.utils.clear_session()` resets the
+default to the policy of `keras.config.floatx()`, as it resets Keras's own.
 
-Without the plugin (`keras_policy_ext.install()`), stock Keras layers read
-Keras's per-thread global, so kpe mirrors its policy there on every change:
-layers built in the calling thread follow kpe; layers built in other threads
-do so only with the plugin installed.
+What stock Keras layers built with `dtype=None` follow:
+
+- With the plugin (`keras_policy_ext.install()`): `dtype_policy()`, i.e.
+  the default in every thread and scopes per context (per thread and per
+  asyncio task).
+- Without it: Keras's own global of the thread that builds them, where kpe
+  writes only what the user asks for. `set_dtype_policy` (a user setting)
+  stores its policy there for the calling thread, or, inside scopes, for
+  when they have closed. A scope stores its policy there on entry; on exit
+  it puts back exactly the object it found (the very object, or "unset"),
+  never kpe's default, so a policy set with `keras.config.set_dtype_policy`
+  survives kpe's scopes and `keras_policy_ext.retarget`; a
+  `keras.config.set_dtype_policy` made inside a scope stands after it. As
+  Keras's global is one per thread, so is a scope for stock layers: asyncio
+  tasks sharing a thread see the latest scope entered among those still
+  open. Layers built in other threads do not see the calling thread's
+  scopes, nor the default unless it was set there.
+
+With the plugin installed, `set_dtype_policy` leaves Keras's global alone,
+so that after `uninstall()` stock Keras finds it as `install()` did.
 """
 
 from __future__ import annotations
@@ -21,12 +39,12 @@ from typing import Any
 import keras
 
 from keras_policy_ext.policy import DTypePolicy, from_name
-
-# Keras's own setter, captured before the plugin can replace it.
-_keras_set_dtype_policy = keras.config.set_dtype_policy
+from keras_policy_ext.rules import Rules
 
 _lock = threading.Lock()
-_default: keras.DTypePolicy | None = None  # None: the policy of floatx()
+# (policy, Keras session token): the policy is the default while the token is
+# Keras's current one (`keras.utils.clear_session()` changes it); None: floatx's.
+_default: tuple[keras.DTypePolicy | None, Any] = (None, None)
 _scoped: contextvars.ContextVar[keras.DTypePolicy | None] = contextvars.ContextVar(
     "keras_policy_ext_scoped_policy", default=None
 )
@@ -48,26 +66,84 @@ def _as_policy(policy: Any) -> keras.DTypePolicy:
     )
 
 
-def _mirror_to_keras() -> None:
-    _keras_set_dtype_policy(dtype_policy())
-
-
 def _get_default() -> keras.DTypePolicy | None:
-    return _default
+    """kpe's default, or `None` (never set, or reset by `clear_session()`)."""
+    from keras_policy_ext import plugin
+
+    policy, session = _default
+    return policy if policy is not None and session == plugin._keras_session() else None
 
 
 def _set_default(policy: keras.DTypePolicy | None) -> None:
+    """Sets kpe's default only (Keras's own global is left alone)."""
+    from keras_policy_ext import plugin
+
     global _default
     with _lock:
-        _default = policy
-        _mirror_to_keras()
+        _default = (policy, plugin._keras_session())
+
+
+class _Frame:
+    """An open scope's hold on Keras's global: its policy, and what it found."""
+
+    __slots__ = ("below", "policy")
+
+    def __init__(self, policy: keras.DTypePolicy, below: keras.DTypePolicy | None) -> None:
+        self.policy, self.below = policy, below
+
+
+class _ThreadFrames(threading.local):
+    def __init__(self) -> None:
+        self.frames: list[_Frame] = []  # the scopes open in this thread, oldest first
+
+
+_thread = _ThreadFrames()
+
+
+def _enter_keras(policy: keras.DTypePolicy) -> _Frame:
+    """Stores a scope's policy as Keras's global of this thread."""
+    from keras_policy_ext import plugin
+
+    frame = _Frame(policy, plugin._keras_global())
+    plugin._set_keras_global(policy)
+    _thread.frames.append(frame)
+    return frame
+
+
+def _exit_keras(frame: _Frame) -> None:
+    """Puts back what `frame`'s scope found in Keras's global, unless changed since."""
+    from keras_policy_ext import plugin
+
+    frames = _thread.frames
+    index = next((i for i, f in enumerate(frames) if f is frame), None)
+    if index is None:  # entered in another thread: that thread's global is not ours
+        return
+    del frames[index]
+    if index < len(frames):  # a later scope (another asyncio task's) is still open
+        if frames[index].below is frame.policy:
+            frames[index].below = frame.below
+    elif plugin._keras_global() is frame.policy:
+        plugin._set_keras_global(frame.below)
+    # else the user set Keras's global inside the scope: theirs stands
+
+
+def _set_keras_by_user(policy: keras.DTypePolicy) -> None:
+    """A user setting for Keras's global of this thread, behind the open scopes."""
+    from keras_policy_ext import plugin
+
+    frames = _thread.frames
+    for i, frame in enumerate(frames):
+        if i == 0 or frame.below is not frames[i - 1].policy:
+            frame.below = policy  # what a user setting there would come back as
+    if not frames or plugin._keras_global() is not frames[-1].policy:
+        plugin._set_keras_global(policy)
 
 
 def dtype_policy() -> keras.DTypePolicy:
     """Returns the policy in force here: the innermost scope, else the default.
 
-    Until `set_dtype_policy` is called, the default is the float policy of
-    `keras.config.floatx()`.
+    Until `set_dtype_policy` is called (and after `keras.utils.clear_session()`),
+    the default is the float policy of `keras.config.floatx()`.
 
     >>> import keras_policy_ext as kpe
     >>> kpe.config.dtype_policy()
@@ -76,7 +152,7 @@ def dtype_policy() -> keras.DTypePolicy:
     policy = _scoped.get()
     if policy is not None:
         return policy
-    policy = _default
+    policy = _get_default()
     if policy is not None:
         return policy
     floatx = keras.config.floatx()
@@ -90,8 +166,10 @@ def set_dtype_policy(policy: keras.DTypePolicy | str) -> None:
     """Sets the process-wide default policy, seen by every thread.
 
     `policy` is a policy name or a `keras.DTypePolicy` instance (used as
-    given). Bad input raises `ValueError` / `TypeError` and leaves the
-    previous default in force.
+    given). Bad input raises `ValueError` / `TypeError` and changes
+    nothing. Without the plugin, this also sets Keras's own global of the
+    calling thread (once the scopes open there have closed), for stock
+    layers built there; with it, Keras's own global is left alone.
 
     >>> import keras, keras_policy_ext as kpe
     >>> kpe.config.set_dtype_policy("mixed_bfloat16")
@@ -99,7 +177,14 @@ def set_dtype_policy(policy: keras.DTypePolicy | str) -> None:
     <DTypePolicy "mixed_bfloat16">
     >>> kpe.config.set_dtype_policy("float32")
     """
-    _set_default(_as_policy(policy))
+    global _default
+    from keras_policy_ext import plugin
+
+    policy = _as_policy(policy)
+    with _lock:
+        _default = (policy, plugin._keras_session())
+        if not plugin.is_installed():
+            _set_keras_by_user(policy)
 
 
 def scoped_rules() -> Any:
@@ -114,7 +199,7 @@ def scoped_rules() -> Any:
 
 @contextlib.contextmanager
 def policy_scope(
-    policy: keras.DTypePolicy | str | None = None, *, rules: Any = None
+    policy: keras.DTypePolicy | str | None = None, *, rules: Rules | None = None
 ) -> Iterator[keras.DTypePolicy]:
     """Puts `policy` (and `rules`) in force for the current context.
 
@@ -123,7 +208,12 @@ def policy_scope(
     With `rules` (a `keras_policy_ext.Rules`, which needs the plugin), each
     layer built in the scope gets the policy its first matching rule picks;
     `policy` (else the rules' default, else the policy in force) is the
-    default.
+    default. Bad arguments raise `ValueError` / `TypeError` / `RuntimeError`
+    before anything changes.
+
+    Without the plugin, stock layers follow a scope through Keras's own
+    per-thread global, which the scope restores on exit to the very object
+    it found (see the module's docstring).
 
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16") as policy:
@@ -131,8 +221,17 @@ def policy_scope(
     <DTypePolicy "mixed_float16">
     >>> kpe.config.dtype_policy()
     <DTypePolicy "float32">
+    >>> with kpe.config.policy_scope("float16", rules=5):
+    ...     pass
+    Traceback (most recent call last):
+    TypeError: Invalid rules=5 (of type int): expected a keras_policy_ext.Rules, or None.
     """
     if rules is not None:
+        if not isinstance(rules, Rules):
+            raise TypeError(
+                f"Invalid rules={rules!r} (of type {type(rules).__name__}): "
+                "expected a keras_policy_ext.Rules, or None."
+            )
         from keras_policy_ext import plugin
 
         if not plugin.is_installed():
@@ -141,16 +240,24 @@ def policy_scope(
                 "call keras_policy_ext.install() (or use `with "
                 "keras_policy_ext.installed():`) before policy_scope(rules=...)."
             )
-        rules = rules.with_default(policy or rules.default or dtype_policy())
+        if policy is not None:
+            policy = _as_policy(policy)
+        elif rules.default is not None:
+            policy = rules.default
+        else:
+            policy = dtype_policy()
+        rules = rules.with_default(policy)
         policy = rules.default
     elif policy is None:
         raise ValueError("policy_scope needs a policy, rules, or both.")
     policy = _as_policy(policy)
     token, rules_token = _scoped.set(policy), _scoped_rules.set(rules)
     try:
-        _mirror_to_keras()
-        yield policy
+        frame = _enter_keras(policy)
+        try:
+            yield policy
+        finally:
+            _exit_keras(frame)
     finally:
         _scoped_rules.reset(rules_token)
         _scoped.reset(token)
-        _mirror_to_keras()

@@ -25,9 +25,23 @@ and, for user code, the public names bound to those functions:
 set_global_policy}` and `keras.dtype_policies.get`.
 
 Each is replaced by its kpe counterpart (`keras_policy_ext.config`,
-`keras_policy_ext.dtype_policies.get`); `uninstall()` puts Keras's own back.
-Keras's legacy `keras._tf_keras` namespace is left alone. `sublayers`
-lists a layer's nested layers with `Layer._flatten_layers`, also checked.
+`keras_policy_ext.dtype_policies.get`); `uninstall()` puts Keras's own back
+where kpe's function still stands, and leaves a patch another library made
+after `install()` in place. Keras's legacy `keras._tf_keras` namespace is
+left alone. `sublayers` lists a layer's nested layers with
+`Layer._flatten_layers`, also checked.
+
+`keras_policy_ext.config` reads and writes Keras's per-thread global policy
+through this module (`_keras_global`, `_set_keras_global`) and tells a
+`keras.utils.clear_session()` apart by `_keras_session`: they use
+`keras.src.backend.common.global_state`, whose `GLOBAL_STATE_TRACKER`
+`clear_session()` replaces.
+
+The plugin is in place while an explicit `install()` stands or any
+`installed()` block is open, in any thread: `installed()` blocks are
+counted, `install()` / `uninstall()` set and clear one flag (not counted),
+and `uninstall()` inside an open block takes effect when the last block
+exits.
 """
 
 from __future__ import annotations
@@ -36,10 +50,12 @@ import contextlib
 import importlib
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
+from keras.src.backend.common import global_state
 
 from keras_policy_ext import config, dtype_policies, rules, scaled_fit
 
@@ -78,17 +94,26 @@ def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
 _COMPILE = ("keras.src.trainers.trainer.Trainer", "compile")
 
 
-def _compile(self: keras.Model, optimizer: Any = "rmsprop", *args: Any, **kwargs: Any) -> None:
-    """`Model.compile`, loss-scaling by dtypes (`keras_policy_ext.compile`)."""
-    auto_scale_loss = kwargs.pop("auto_scale_loss", True)
-    optimizer = scaled_fit.scaled_optimizer(self, optimizer, auto_scale_loss)
-    _originals[_COMPILE](self, optimizer, *args, auto_scale_loss=False, **kwargs)
+def _compiler(original: Callable) -> Callable:
+    """kpe's `Model.compile` around Keras's `original`.
+
+    Each `install()` makes one that holds the `compile` it wraps, so that a
+    call that started before `uninstall()` still finishes.
+    """
+
+    def _compile(self: keras.Model, optimizer: Any = "rmsprop", *args: Any, **kwargs: Any) -> None:
+        """`Model.compile`, loss-scaling by dtypes (`keras_policy_ext.compile`)."""
+        auto_scale_loss = kwargs.pop("auto_scale_loss", True)
+        optimizer = scaled_fit.scaled_optimizer(self, optimizer, auto_scale_loss)
+        return original(self, optimizer, *args, auto_scale_loss=False, **kwargs)
+
+    return _compile
 
 
 _GETTER = "keras.src.dtype_policies.dtype_policy"
 # (module or class, attribute, kpe replacement)
 _TARGETS: tuple[tuple[str, str, Callable], ...] = (
-    (*_COMPILE, _compile),
+    (*_COMPILE, _compiler),  # made per install around Keras's
     (_GETTER, "dtype_policy", config.dtype_policy),
     (_GETTER, "set_dtype_policy", config.set_dtype_policy),
     ("keras.src.dtype_policies", "get", _get),
@@ -102,7 +127,25 @@ _TARGETS: tuple[tuple[str, str, Callable], ...] = (
 )
 
 _lock = threading.Lock()
-_originals: dict[tuple[str, str], Callable] = {}
+# (path, attr) -> (module or class, Keras's function, kpe's) while installed
+_patched: dict[tuple[str, str], tuple[object, Callable, Callable]] = {}
+_explicit = False  # an install() stands
+_blocks = 0  # installed() blocks open, in every thread
+
+
+def _keras_global() -> keras.DTypePolicy | None:
+    """Keras's own global policy of this thread, as stored (`None`: unset)."""
+    return global_state.get_global_attribute("dtype_policy")
+
+
+def _set_keras_global(policy: keras.DTypePolicy | None) -> None:
+    """Stores Keras's own global policy of this thread (`None` unsets it)."""
+    global_state.set_global_attribute("dtype_policy", policy)
+
+
+def _keras_session() -> weakref.ref:
+    """A token of Keras's state, which `keras.utils.clear_session()` replaces."""
+    return weakref.ref(global_state.GLOBAL_STATE_TRACKER)
 
 
 def owner(path: str) -> Any:
@@ -135,6 +178,8 @@ def _resolve() -> list[tuple[str, object, str, Callable]]:
         _current_path()
     except ImportError:
         missing.append("keras.src.backend.common.name_scope.current_path")
+    if not hasattr(global_state, "GLOBAL_STATE_TRACKER"):
+        missing.append("keras.src.backend.common.global_state.GLOBAL_STATE_TRACKER")
     if missing:
         raise RuntimeError(
             "keras_policy_ext cannot install its plugin on Keras "
@@ -145,12 +190,37 @@ def _resolve() -> list[tuple[str, object, str, Callable]]:
     return resolved
 
 
+def _activate() -> None:
+    """Puts kpe's functions in place (under `_lock`); all or nothing."""
+    if _patched:
+        return
+    try:
+        for path, target, attr, replacement in _resolve():
+            original = getattr(target, attr)
+            if replacement is _compiler:
+                replacement = _compiler(original)
+            setattr(target, attr, replacement)
+            _patched[(path, attr)] = (target, original, replacement)
+    except BaseException:
+        _deactivate()
+        raise
+
+
+def _deactivate() -> None:
+    """Puts Keras's functions back where kpe's still stand (under `_lock`)."""
+    for (path, attr), (target, original, replacement) in _patched.items():
+        if getattr(target, attr, None) is replacement:
+            setattr(target, attr, original)
+    _patched.clear()
+
+
 def install() -> None:
     """Makes Keras resolve policies through kpe (idempotent).
 
     Afterwards `keras.config.set_dtype_policy`, `keras.config.dtype_policy`,
     `keras.mixed_precision.*` and every layer's `dtype=` name or `None` use
-    kpe policies and kpe's process-wide default and scopes.
+    kpe policies and kpe's process-wide default and scopes. It stands until
+    `uninstall()`, whatever `installed()` blocks open and exit meanwhile.
 
     >>> import keras, keras_policy_ext as kpe
     >>> kpe.install()
@@ -160,26 +230,31 @@ def install() -> None:
     >>> keras.config.set_dtype_policy("float32")
     >>> kpe.uninstall()
     """
+    global _explicit
     with _lock:
-        if _originals:
-            return
-        for path, target, attr, replacement in _resolve():
-            _originals[(path, attr)] = getattr(target, attr)
-            setattr(target, attr, replacement)
+        _activate()
+        _explicit = True
 
 
 def uninstall() -> None:
-    """Puts Keras's own functions back (idempotent).
+    """Withdraws `install()`: puts Keras's own functions back (idempotent).
+
+    While `installed()` blocks are open (in any thread), the plugin stays
+    until the last of them exits. Only attributes that still hold kpe's
+    function are restored: a patch made after `install()` stays. Keras's
+    own global policy is as `install()` found it (kpe's default, set while
+    installed, is kpe's and stays there).
 
     >>> import keras, keras_policy_ext as kpe
     >>> kpe.install(); kpe.uninstall()
     >>> type(keras.layers.Dense(4, dtype="float32").dtype_policy) is keras.DTypePolicy
     True
     """
+    global _explicit
     with _lock:
-        for (path, attr), original in _originals.items():
-            setattr(owner(path), attr, original)
-        _originals.clear()
+        _explicit = False
+        if not _blocks:
+            _deactivate()
 
 
 def is_installed() -> bool:
@@ -189,12 +264,16 @@ def is_installed() -> bool:
     >>> kpe.is_installed()
     False
     """
-    return bool(_originals)
+    return bool(_patched)
 
 
 @contextlib.contextmanager
 def installed() -> Iterator[None]:
-    """Installs the plugin for a block; leaves it as it was on exit.
+    """Installs the plugin for a block, counting blocks across threads.
+
+    The plugin stays while any block is open or an explicit `install()`
+    stands: a block exiting never removes it under another thread's block,
+    nor undoes an `install()`.
 
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.installed():
@@ -203,10 +282,14 @@ def installed() -> Iterator[None]:
     >>> kpe.is_installed()
     False
     """
-    was_installed = is_installed()
-    install()
+    global _blocks
+    with _lock:
+        _activate()
+        _blocks += 1
     try:
         yield
     finally:
-        if not was_installed:
-            uninstall()
+        with _lock:
+            _blocks -= 1
+            if not _blocks and not _explicit:
+                _deactivate()

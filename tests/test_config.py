@@ -172,3 +172,137 @@ def test_mixed_precision_aliases():
     assert mp.global_policy() == mp.dtype_policy() == kpe.DTypePolicy("mixed_float16")
     mp.set_dtype_policy("float32")
     assert kpe.config.dtype_policy().name == "float32"
+
+
+def keras_global():
+    """Keras's own per-thread global policy, as stored (`None`: never set)."""
+    from keras.src.backend.common import global_state
+
+    return global_state.get_global_attribute("dtype_policy")
+
+
+def test_a_scope_restores_keras_s_global_object_exactly():
+    assert not kpe.is_installed()
+    keras.config.set_dtype_policy("mixed_bfloat16")  # stock Keras's setter
+    theirs = keras_global()
+    with kpe.config.policy_scope("float16"):
+        assert keras.layers.Dense(2).dtype_policy.name == "float16"
+        with kpe.config.policy_scope("mixed_float16"):
+            assert keras.layers.Dense(2).dtype_policy.name == "mixed_float16"
+        assert keras.layers.Dense(2).dtype_policy.name == "float16"
+    assert keras_global() is theirs
+    with pytest.raises(RuntimeError):
+        with kpe.config.policy_scope("float16"):
+            raise RuntimeError("boom")
+    assert keras_global() is theirs
+    assert keras.layers.Dense(2).dtype_policy is theirs
+
+
+def test_a_scope_leaves_an_unset_keras_global_unset():
+    keras.utils.clear_session(free_memory=False)  # as in a fresh process
+    assert keras_global() is None
+    with kpe.config.policy_scope("mixed_float16"):
+        pass
+    assert keras_global() is None
+    keras.config.set_floatx("float64")  # stock Keras follows floatx while unset
+    assert keras.layers.Dense(2).dtype_policy.name == "float64"
+
+
+def test_retarget_keeps_a_policy_set_through_keras():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    theirs = keras_global()
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    new = kpe.retarget(model, "float16")
+    assert new.layers[0].dtype_policy.name == "float16"
+    assert keras_global() is theirs
+
+
+def test_set_inside_a_scope_reaches_stock_layers_after_the_scope():
+    assert not kpe.is_installed()
+    with kpe.config.policy_scope("float16"):
+        kpe.config.set_dtype_policy("mixed_bfloat16")
+        assert keras.layers.Dense(2).dtype_policy.name == "float16"  # the scope wins
+    assert keras.layers.Dense(2).dtype_policy.name == "mixed_bfloat16"
+    assert keras_global() is kpe.config.dtype_policy()
+
+
+def test_a_keras_setting_made_inside_a_scope_outlives_the_scope():
+    assert not kpe.is_installed()
+    with kpe.config.policy_scope("float16"):
+        with kpe.config.policy_scope("bfloat16"):
+            keras.config.set_dtype_policy("mixed_float16")  # stock Keras's setter
+            theirs = keras_global()
+        assert keras_global() is theirs
+    assert keras_global() is theirs
+    assert keras.layers.Dense(2).dtype_policy is theirs
+
+
+@pytest.mark.parametrize("first_out", [0, 1])
+def test_without_the_plugin_stock_layers_see_the_thread_s_latest_scope(first_out):
+    """Keras's global is per thread: asyncio tasks share it (kpe's own getter does not)."""
+    assert not kpe.is_installed()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    theirs = keras_global()
+    names = ["float16", "mixed_float16"]
+
+    async def task(i, entered, release, exits):
+        with kpe.config.policy_scope(names[i]):
+            entered[i].set()
+            await release.wait()
+            seen = (kpe.config.dtype_policy().name, keras.layers.Dense(2).dtype_policy.name)
+            if i != first_out:
+                await exits.wait()  # the other task's scope has closed
+                seen += (keras.layers.Dense(2).dtype_policy.name,)
+        exits.set()
+        return seen
+
+    async def main():
+        release, exits = asyncio.Event(), asyncio.Event()
+        entered = [asyncio.Event(), asyncio.Event()]
+        tasks = [asyncio.create_task(task(i, entered, release, exits)) for i in range(2)]
+        for e in entered:
+            await e.wait()
+        release.set()
+        return await asyncio.gather(*tasks)
+
+    seen = asyncio.run(main())
+    # kpe's getter: per task; stock layers: the latest scope opened in the thread,
+    # then the still-open one once the other closes.
+    assert seen[first_out] == (names[first_out], names[1])
+    assert seen[1 - first_out] == (names[1 - first_out], names[1], names[1 - first_out])
+    assert keras_global() is theirs
+
+
+@pytest.mark.parametrize("installed", [False, True])
+@pytest.mark.parametrize("bad", [5, "float32", kpe.DTypePolicy("float32"), [1]])
+def test_policy_scope_rejects_rules_that_are_not_rules(bad, installed):
+    if installed:
+        kpe.install()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    before = (kpe.config.dtype_policy(), keras_global())
+    with pytest.raises(TypeError, match=r"rules=.*Rules") as info:
+        with kpe.config.policy_scope("float16", rules=bad):
+            pass  # pragma: no cover
+    assert repr(bad) in str(info.value)
+    assert (kpe.config.dtype_policy(), keras_global()) == before
+    assert kpe.config.dtype_policy() is before[0] and keras_global() is before[1]
+    assert kpe.config.scoped_rules() is None
+
+
+def test_clear_session_resets_the_default_also_without_the_plugin():
+    kpe.config.set_dtype_policy("mixed_float16")
+    keras.utils.clear_session(free_memory=False)
+    assert kpe.config.dtype_policy().name == "float32"
+    assert in_thread(kpe.config.dtype_policy).name == "float32"
+    assert keras.layers.Dense(2).dtype_policy.name == "float32"
+
+
+@pytest.mark.parametrize("bad", [3, "float33"])
+def test_policy_scope_with_rules_rejects_a_bad_policy(bad):
+    kpe.install()
+    rules = kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax)], default="float16")
+    with pytest.raises(ValueError, match=repr(bad)):
+        with kpe.config.policy_scope(bad, rules=rules):
+            pass  # pragma: no cover
+    assert kpe.config.dtype_policy().name == "float32"
+    assert kpe.config.scoped_rules() is None

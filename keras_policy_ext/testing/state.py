@@ -12,7 +12,12 @@ from keras_policy_ext import config, plugin
 
 @contextlib.contextmanager
 def clean_state() -> Iterator[None]:
-    """Restores kpe's default policy, the plugin and `floatx` on exit.
+    """Restores kpe's default policy, the plugin, `floatx` and Keras's global on exit.
+
+    The plugin goes back to installed or not as an explicit `install()`
+    left it (open `installed()` blocks are theirs to close); Keras's own
+    global policy of the calling thread goes back to the very object it
+    held (or to unset).
 
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.testing.clean_state():
@@ -22,8 +27,9 @@ def clean_state() -> Iterator[None]:
     (False, 'float32')
     """
     default = config._get_default()
-    was_installed = plugin.is_installed()
+    was_installed = plugin._explicit
     floatx = keras.config.floatx()
+    keras_global = plugin._keras_global()
     try:
         yield
     finally:
@@ -33,3 +39,4 @@ def clean_state() -> Iterator[None]:
         else:
             plugin.uninstall()
         config._set_default(default)
+        plugin._set_keras_global(keras_global)

@@ -1,44 +1,65 @@
 """The `keras-policy-ext` command: argument parsing and output only.
 
 Exit status: 0 when everything conforms (or passes), 1 when a check finds a
-deviation (or a doctest fails), 2 for a usage error or a target that cannot
-be imported or built.
+deviation (or a doctest fails), 2 for a usage error, a target that cannot be
+imported or built, or a backend process that crashed or timed out.
+`--version` and `--help` import neither Keras nor a backend.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 from collections.abc import Sequence
 from importlib.metadata import version
 
 from keras_policy_ext.backends import BACKENDS
+from keras_policy_ext.cli.quiet import native_logs_filtered
+
+# How often, at most, a run without a terminal reports its progress.
+HEARTBEAT_SECONDS = 5.0
+DEFAULT_TIMEOUT = 1800.0
 
 
 def _info(args: argparse.Namespace) -> int:
-    import keras
+    with native_logs_filtered(not args.verbose):
+        import keras
 
-    import keras_policy_ext as kpe
+        import keras_policy_ext as kpe
 
+        policy = kpe.config.dtype_policy().name
     print(f"keras-policy-ext {kpe.__version__}")
     print(f"keras            {keras.__version__}")
     print(f"backend          {keras.backend.backend()}")
-    print(f"policy           {kpe.config.dtype_policy().name}")
+    print(f"policy           {policy}")
     return 0
 
 
 class _Progress:
-    """`jax 12/32  torch 32/32 ...` on one line of a terminal's stderr."""
+    """Progress on stderr: one live line on a terminal, else a line per backend every few s."""
 
     def __init__(self) -> None:
         self.state: dict[str, str] = {}
         self.live = sys.stderr.isatty()
+        self.last_report = time.monotonic()
 
     def __call__(self, backend: str, done: int, total: int) -> None:
-        self.state[backend] = f"{done}/{total}"
+        self.state[backend] = f"{done}/{total} layers"
         if self.live:
             line = "  ".join(f"{b} {s}" for b, s in self.state.items())
             print(f"\rchecking: {line}", end="", file=sys.stderr, flush=True)
+
+    def tick(self, running: dict[str, float | None]) -> None:
+        """Without a terminal: each backend's state, every `HEARTBEAT_SECONDS`."""
+        if self.live or time.monotonic() - self.last_report < HEARTBEAT_SECONDS:
+            return
+        self.last_report = time.monotonic()
+        for backend, seconds in running.items():
+            state = self.state.get(backend, "starting")
+            when = "done" if seconds is None else f"{seconds:.0f} s"
+            print(f"checking {backend}: {state} ({when})", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.live and self.state:
@@ -49,31 +70,38 @@ def _check(args: argparse.Namespace) -> int:
     from keras_policy_ext.cli.formats import FORMATS, summary
     from keras_policy_ext.cli.matrix import run_matrix
 
+    policies = [*(args.policies or []), *(args.policy or [])] or None
     if not args.output and not sys.stderr.isatty():
         print("checking every layer x policy per backend ...", file=sys.stderr)
     progress = _Progress()
     try:
-        result = run_matrix(
-            backends=args.backends,
-            policies=args.policies,
-            layers=args.layers,
-            targets=args.targets,
-            sources=("kpe",) if args.kpe_only else ("kpe", "keras"),
-            on_progress=progress,
-        )
+        with native_logs_filtered(not args.verbose):
+            result = run_matrix(
+                backends=args.backends,
+                policies=policies,
+                layers=args.layers,
+                targets=args.targets,
+                sources=("kpe",) if args.kpe_only else ("kpe", "keras"),
+                on_progress=progress,
+                on_tick=progress.tick,
+                timeout=args.timeout,
+                verbose=args.verbose,
+            )
     except ValueError as e:  # bad names, and TargetError
         progress.close()
         print(f"keras-policy-ext check: error: {e}", file=sys.stderr)
         return 2
     progress.close()
-    text = FORMATS[args.format](result)
+    text = FORMATS[args.format](
+        result, every_row=args.all or args.format != "table", fail_on_keras=args.fail_on_keras
+    )
     if args.output:
-        with open(args.output, "w") as f:
+        with open(args.output, "w", encoding="utf-8") as f:
             f.write(text + "\n")
-        print(summary(result))
+        print(summary(result, args.fail_on_keras))
     else:
         print(text)
-    return 0 if result.ok else 1
+    return result.status(args.fail_on_keras)
 
 
 def _doctest(args: argparse.Namespace) -> int:
@@ -95,6 +123,29 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _policies(value: str) -> list[str]:
+    """Comma-separated policies; a role spec's own `key=dtype` parts stay together.
+
+    >>> from keras_policy_ext.cli import _policies
+    >>> _policies("float32,p=f32,c=bf16,mixed_float16,params=float64,compute=float32")
+    ['float32', 'p=f32,c=bf16', 'mixed_float16', 'params=float64,compute=float32']
+    >>> _policies("c=bf16,c=f16")  # a key given again starts the next spec
+    ['c=bf16', 'c=f16']
+    """
+    policies: list[str] = []
+    keys: set[str] = set()
+    for part in _csv(value):
+        key, is_role, _ = part.partition("=")
+        key = key.strip()
+        if is_role and policies and keys and key not in keys:
+            policies[-1] += "," + part
+            keys.add(key)
+        else:
+            policies.append(part)
+            keys = {key} if is_role else set()
+    return policies
+
+
 def _backends(value: str) -> list[str]:
     names = _csv(value)
     unknown = [n for n in names if n not in BACKENDS]
@@ -103,6 +154,25 @@ def _backends(value: str) -> list[str]:
             f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}"
         )
     return names
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def _verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="keep the backends' native log lines (TensorFlow, absl, oneDNN) and echo "
+        "the backend processes' stderr",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("info", help="print the backend, Keras version and policy")
+    _verbose(info)
     info.set_defaults(run=_info)
 
     check = commands.add_parser(
@@ -138,9 +209,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--policies",
-        type=_csv,
-        help="comma-separated policy names (default: float32, float64, float16, "
-        "bfloat16, mixed_float16, mixed_bfloat16)",
+        type=_policies,
+        help="comma-separated policies (default: float32, float64, float16, bfloat16, "
+        "mixed_float16, mixed_bfloat16); a role spec keeps its own commas: "
+        "--policies float32,p=f32,c=bf16",
+    )
+    check.add_argument(
+        "--policy",
+        action="append",
+        metavar="POLICY",
+        help="one policy, repeatable (--policy p=f32,c=bf16 --policy float16)",
     )
     check.add_argument(
         "--layers", type=_csv, default=[], help="comma-separated zoo layer names or parts of names"
@@ -148,10 +226,26 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--kpe-only", action="store_true", help="skip the comparison with Keras's own policies"
     )
-    check.add_argument("--format", choices=["table", "json", "junit"], default="table")
+    check.add_argument(
+        "--fail-on-keras",
+        action="store_true",
+        help="findings under Keras's own policies fail the run too (exit status 1)",
+    )
+    check.add_argument("--format", choices=["table", "markdown", "json", "junit"], default="table")
+    check.add_argument(
+        "--all", action="store_true", help="table: every row, not only findings and refusals"
+    )
     check.add_argument(
         "--output", metavar="FILE", help="write the report to FILE; print only the summary"
     )
+    check.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop a backend's process after SECONDS (default {DEFAULT_TIMEOUT:g}); exit 2",
+    )
+    _verbose(check)
     check.set_defaults(run=_check)
 
     doctest = commands.add_parser(
@@ -182,5 +276,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     0
     """
     args = _parser().parse_args(argv)
-    return args.run(args)
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print(f"keras-policy-ext {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
+
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like ^C: the backend processes are stopped, temporary files removed."""
+    raise KeyboardInterrupt

@@ -34,7 +34,6 @@ import doctest
 import importlib
 import importlib.util
 import itertools
-import json
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -44,7 +43,7 @@ from typing import Any
 import keras
 
 from keras_policy_ext.backends import BACKENDS
-from keras_policy_ext.cli.runner import run_per_backend
+from keras_policy_ext.cli.runner import child_main, run_per_backend
 from keras_policy_ext.testing.state import clean_state
 
 # Option flags for `# doctest: +SKIP_JAX` etc., by backend.
@@ -185,21 +184,21 @@ def run_files(paths: Sequence[str], backends: Sequence[str]) -> dict[str, list[d
     entry, for file `"*"`, carrying the error.
     """
     paths = expand_paths(paths)
-    raw = run_per_backend("keras_policy_ext.cli.doctests", {"paths": paths}, backends)
+    children = run_per_backend("keras_policy_ext.cli.doctests", {"paths": paths}, backends)
     results = {}
-    for backend, result in raw.items():
-        if isinstance(result, dict):
-            result = [
+    for backend, child in children.items():
+        results[backend] = [e["file_result"] for e in child.events if "file_result" in e]
+        if not child.finished:
+            results[backend].append(
                 {
                     "file": "*",
                     "backend": backend,
                     "attempted": 0,
                     "failed": 1,
                     "skipped": 0,
-                    "failures": [f"{backend} subprocess failed: {result['error']}\n"],
+                    "failures": [f"{backend} subprocess failed: {child.error}\n"],
                 }
-            ]
-        results[backend] = result
+            )
     return results
 
 
@@ -255,10 +254,10 @@ def format_report(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def _child(args: dict, emit: Any) -> None:
+    for path in args["paths"]:
+        emit({"file_result": run_file(path)})
+
+
 if __name__ == "__main__":
-    path_in, path_out = sys.argv[1:3]
-    with open(path_in) as f:
-        args = json.load(f)
-    out = [run_file(path) for path in args["paths"]]
-    with open(path_out, "w") as f:
-        json.dump(out, f)
+    child_main(_child)

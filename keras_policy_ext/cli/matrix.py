@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
-import sys
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from keras_policy_ext.backends import BACKENDS, check_backends, installed_backends
-from keras_policy_ext.cli.runner import run_per_backend
-
-PROGRESS = "kpe-progress"
+from keras_policy_ext.cli.runner import PROGRESS, child_main, run_per_backend
 
 
 class TargetError(ValueError):
@@ -27,22 +24,53 @@ class TargetError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class MatrixResult:
-    """Per-backend results: a `Report` dict, or why the backend did not run.
+    """Per-backend results, and the verdict they add up to.
 
-    `ok` only when at least one case ran, every backend that ran reported no
-    finding, and none failed to run: zero cases run is never a pass.
+    `backends[b]` holds `cases` (each a `CaseResult` dict), `notes`, and
+    `skipped` (not installed) or `error` (the backend's process crashed or
+    timed out: its finished cases are kept). `status()` is the command's
+    exit status: 2 when a backend failed to run or no case ran at all (zero
+    cases run is never a pass), else 1 when a kpe case has findings (a Keras
+    case too with `fail_on_keras`), else 0. `ok` is `status() == 0`.
     """
 
     backends: dict[str, dict[str, Any]]
     seconds: float
 
+    def cases(self, source: str | None = None) -> list[dict]:
+        """Every case that ran, of one policy source or of all."""
+        return [
+            c
+            for r in self.backends.values()
+            for c in r.get("cases", ())
+            if source is None or c["source"] == source
+        ]
+
+    @property
+    def incomplete(self) -> list[str]:
+        """Why the run is not a complete verdict: failed backends, or no case run."""
+        reasons = [f"{b}: {r['error']}" for b, r in self.backends.items() if "error" in r]
+        if not self.cases():
+            reasons.append("no case ran")
+        return reasons
+
+    def status(self, fail_on_keras: bool = False) -> int:
+        if self.incomplete:
+            return 2
+        failing = ("kpe", "keras") if fail_on_keras else ("kpe",)
+        return 1 if any(c["findings"] for c in self.cases() if c["source"] in failing) else 0
+
     @property
     def ok(self) -> bool:
-        ran = [r for r in self.backends.values() if "skipped" not in r]
-        return any(r.get("cases") for r in ran) and all(r.get("ok") for r in ran)
+        return self.status() == 0
 
     def to_dict(self) -> dict:
-        return {"ok": self.ok, "seconds": round(self.seconds, 1), "backends": self.backends}
+        return {
+            "ok": self.ok,
+            "status": self.status(),
+            "seconds": round(self.seconds, 1),
+            "backends": self.backends,
+        }
 
 
 def load_target(spec: str) -> tuple[str, Callable[[], Any]]:
@@ -58,12 +86,7 @@ def load_target(spec: str) -> tuple[str, Callable[[], Any]]:
     ...
     keras_policy_ext.cli.matrix.TargetError: cannot import 'no_such_module_xyz' for target ...
     """
-    module_name, sep, attr = spec.partition(":")
-    if not (sep and module_name and attr):
-        raise TargetError(
-            f"invalid target {spec!r}: expected 'module:callable', such as "
-            "'my_pkg.layers:make_block'"
-        )
+    module_name, _, attr = _check_spec(spec)
     try:
         obj = importlib.import_module(module_name)
     except Exception as e:
@@ -96,7 +119,20 @@ def _target_case(spec: str, make: Callable[[], Any]) -> tuple[Callable, Any]:
         raise
     except Exception as e:
         raise TargetError(f"target {spec!r} failed to build: {type(e).__name__}: {e}") from e
+    except SystemExit as e:
+        raise TargetError(f"target {spec!r} called sys.exit({e.code!r}) while building") from e
     return (lambda: unpack()[0]), inputs
+
+
+def keras_can_express(policy: str) -> bool:
+    """Whether Keras's own `DTypePolicy` parses this policy name (role specs it cannot)."""
+    import keras
+
+    try:
+        keras.DTypePolicy(policy)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def check_here(
@@ -105,17 +141,23 @@ def check_here(
     targets: Sequence[str],
     policies: Sequence[str],
     sources: Sequence[str],
+    emit: Callable[[dict], None],
     seed: int = 0,
-    on_case: Callable[[int, int], None] | None = None,
-) -> dict:
-    """Checks zoo entries and targets on the running backend; a `Report` dict.
+) -> None:
+    """Checks zoo entries and targets on the running backend, emitting events.
 
+    Emits `{"case": CaseResult dict}` per case as it finishes and `{"note":
+    text}` for policies Keras cannot express (checked under kpe only).
     `layers` filters the zoo by name (empty: all of it), which is checked
-    only when `include_zoo`.
+    only when `include_zoo`. Raises `TargetError` for a target that cannot be
+    loaded or built, or exits the process.
     """
+    import dataclasses
+
     import numpy as np
 
-    from keras_policy_ext.testing.checks import Report, check_layer
+    from keras_policy_ext.cli.runner import progress
+    from keras_policy_ext.testing.checks import check_layer
     from keras_policy_ext.testing.zoo import ZOO, select
 
     rng = np.random.default_rng(seed)
@@ -126,13 +168,21 @@ def check_here(
     for spec in targets:
         factory, inputs = _target_case(*load_target(spec))
         cases.append((spec, factory, inputs))
-    results = []
+    policy_sources = {}
+    for policy in policies:
+        policy_sources[policy] = list(sources)
+        if "keras" in sources and not keras_can_express(policy):
+            policy_sources[policy].remove("keras")
+            emit({"note": f"Keras cannot express {policy!r}: checked under kpe only"})
     for i, (name, factory, inputs) in enumerate(cases):
-        report = check_layer(factory, inputs, policies, name=name, sources=sources)
-        results.extend(report.cases)
-        if on_case is not None:
-            on_case(i + 1, len(cases))
-    return Report(tuple(results)).to_dict()
+        for policy in policies:
+            emit({"start": f"{name} under {policy!r}"})
+            report = check_layer(
+                factory, inputs, [policy], name=name, sources=policy_sources[policy]
+            )
+            for case in report.cases:
+                emit({"case": dataclasses.asdict(case)})
+        progress(i + 1, len(cases))
 
 
 def run_matrix(
@@ -142,28 +192,40 @@ def run_matrix(
     targets: Sequence[str] = (),
     sources: Sequence[str] = ("kpe", "keras"),
     on_progress: Callable[[str, int, int], None] | None = None,
+    on_tick: Callable[[dict[str, float | None]], None] | None = None,
+    timeout: float | None = None,
+    verbose: bool = False,
 ) -> MatrixResult:
     """Runs the matrix, each backend in its own subprocess, concurrently.
 
     `backends=None` means every known backend; those not installed are
     reported as skipped. Without `targets` the zoo is checked, filtered by
     `layers` (names or parts of names); with `targets`, the zoo only when
-    `layers` is given too. A bad backend or policy name raises `ValueError`
-    before anything runs; a `TargetError` in any backend is raised here.
+    `layers` is given too. A bad backend, policy or layer name raises
+    `ValueError` before any backend process starts; a `TargetError` in any
+    backend is raised here. A backend's process that crashes or runs past
+    `timeout` seconds is reported in its result's `error`, with the cases it
+    finished.
     """
     from keras_policy_ext import dtype_policies
     from keras_policy_ext.testing.checks import DEFAULT_POLICIES
+    from keras_policy_ext.testing.zoo import ZOO, select
 
     wanted = list(backends) if backends else list(BACKENDS)
     check_backends(wanted)
     policies = list(policies or DEFAULT_POLICIES)
     for policy in policies:
         dtype_policies.get(policy)  # a bad name raises here, not in every child
+    include_zoo = bool(layers) or not targets
+    if layers and not select(layers):
+        raise TargetError(f"no zoo layer matches {', '.join(layers)}; zoo layers: {', '.join(ZOO)}")
+    for spec in targets:
+        _check_spec(spec)
     available = installed_backends()
     run = [b for b in wanted if b in available]
     args = {
         "layers": list(layers or []),
-        "include_zoo": bool(layers) or not targets,
+        "include_zoo": include_zoo,
         "targets": list(targets),
         "policies": policies,
         "sources": list(sources),
@@ -175,35 +237,73 @@ def run_matrix(
             on_progress(backend, done, total)
 
     start = time.perf_counter()
-    results = run_per_backend("keras_policy_ext.cli.matrix", args, run, on_line) if run else {}
-    for result in results.values():
-        if "target_error" in result:
-            raise TargetError(result["target_error"])
+    children = (
+        run_per_backend(
+            "keras_policy_ext.cli.matrix",
+            args,
+            run,
+            on_line=on_line,
+            on_tick=on_tick,
+            timeout=timeout,
+            verbose=verbose,
+        )
+        if run
+        else {}
+    )
+    results: dict[str, dict[str, Any]] = {}
     for backend in wanted:
         if backend not in available:
             results[backend] = {"skipped": f"{backend} is not installed"}
-    ordered = {b: results[b] for b in wanted}
-    return MatrixResult(ordered, time.perf_counter() - start)
+            continue
+        child = children[backend]
+        events = child.events
+        for event in events:
+            if "target_error" in event:
+                raise TargetError(event["target_error"])
+        result: dict[str, Any] = {
+            "cases": [e["case"] for e in events if "case" in e],
+            "notes": [e["note"] for e in events if "note" in e],
+            "seconds": round(child.seconds, 1),
+        }
+        if not child.finished:
+            started = [e["start"] for e in events if "start" in e]
+            where = f"; it was checking {started[-1]}" if started else ""
+            result["error"] = f"{child.error}{where}"
+        result["ok"] = "error" not in result and not any(
+            c["findings"] for c in result["cases"] if c["source"] == "kpe"
+        )
+        results[backend] = result
+    return MatrixResult(results, time.perf_counter() - start)
 
 
-def _child(path_in: str, path_out: str) -> None:
-    with open(path_in) as f:
-        args = json.load(f)
-
-    def on_case(done: int, total: int) -> None:
-        print(f"{PROGRESS} {done}/{total}", file=sys.stderr, flush=True)
-
+def _check_spec(spec: str) -> tuple[str, str, str]:
+    """`spec.partition(":")`, checked: a `TargetError` for a malformed or missing module."""
+    module_name, sep, attr = spec.partition(":")
+    if not (sep and module_name and attr):
+        raise TargetError(
+            f"invalid target {spec!r}: expected 'module:callable', such as "
+            "'my_pkg.layers:make_block'"
+        )
     try:
-        result = check_here(
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise TargetError(f"cannot import {module_name!r} for target {spec!r}: no such module")
+    return module_name, sep, attr
+
+
+def _child(args: dict, emit: Callable[[dict], None]) -> None:
+    try:
+        check_here(
             args["layers"], args["include_zoo"], args["targets"],
-            args["policies"], args["sources"],
-            on_case=on_case,
+            args["policies"], args["sources"], emit,
         )  # fmt: skip
     except TargetError as e:
-        result = {"target_error": str(e)}
-    with open(path_out, "w") as f:
-        json.dump(result, f)
+        emit({"target_error": str(e)})
+    except SystemExit as e:
+        emit({"target_error": f"a target called sys.exit({e.code!r}) while it was checked"})
 
 
 if __name__ == "__main__":
-    _child(*sys.argv[1:3])
+    child_main(_child)

@@ -1,77 +1,210 @@
-"""One subprocess per Keras backend: Keras reads `KERAS_BACKEND` once, at import."""
+"""One subprocess per Keras backend: Keras reads `KERAS_BACKEND` once, at import.
+
+A child (`python -m MODULE IN OUT`) reads its arguments as JSON from `IN`
+and appends one JSON object per line to `OUT` as it goes, ending with
+`{"end": true}`; so what a child finished survives its crash, a timeout or
+an interrupt. The children run concurrently, each in its own process group,
+and are stopped (with their temporary files removed) when the parent is
+interrupted or exits.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from keras_policy_ext.cli.quiet import QUIET_ENV, is_native_log
+
+END = {"end": True}
+# A child's progress lines on stderr: `kpe-progress DONE/TOTAL`.
+PROGRESS = "kpe-progress"
+
+
+@dataclasses.dataclass
+class ChildResult:
+    """What one backend's child wrote, and whether it finished."""
+
+    events: list[dict]  # every JSON line but the end marker, in order
+    finished: bool  # wrote the end marker and exited with status 0
+    error: str | None  # why it did not finish (None when it did)
+    seconds: float
+
+
+class Emitter:
+    """The child's side: appends JSON lines to `OUT`, flushed one by one."""
+
+    def __init__(self, path: str) -> None:
+        self._file = open(path, "a", encoding="utf-8")
+
+    def __call__(self, event: dict) -> None:
+        self._file.write(json.dumps(event) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self(END)
+        self._file.close()
+
+
+def progress(done: int, total: int) -> None:
+    """The child's side: reports `done` of `total` units on stderr."""
+    print(f"{PROGRESS} {done}/{total}", file=sys.stderr, flush=True)
+
+
+def child_main(run: Callable[[dict, Emitter], None]) -> None:
+    """The body of a child module's `__main__`: `run(args, emit)`, then the end marker."""
+    path_in, path_out = sys.argv[1:3]
+    with open(path_in, encoding="utf-8") as f:
+        args = json.load(f)
+    emit = Emitter(path_out)
+    run(args, emit)
+    emit.close()
 
 
 def run_per_backend(
     module: str,
     args: dict[str, Any],
     backends: Sequence[str],
+    *,
     on_line: Callable[[str, str], None] | None = None,
-) -> dict[str, dict[str, Any]]:
+    on_tick: Callable[[dict[str, float | None]], None] | None = None,
+    timeout: float | None = None,
+    verbose: bool = False,
+    env: dict[str, str] | None = None,
+) -> dict[str, ChildResult]:
     """Runs `python -m module IN OUT` once per backend, concurrently.
 
-    The child reads its arguments as JSON from `IN` and writes its result as
-    JSON to `OUT`. `on_line(backend, line)` receives the child's stderr lines
-    (progress). Returns `{backend: result}`; a child that fails without a
-    result gives `{"error": <exit status and last stderr lines>}`.
+    `on_line(backend, line)` receives each stderr line of a child (native
+    log lines only with `verbose`, which also echoes every line to this
+    process's stderr); `on_tick({backend: seconds running, or None once it
+    stopped})` is called about twice a second. A child still running after
+    `timeout` seconds is stopped and reported as timed out. `env` adds
+    variables for every child.
     """
     with tempfile.TemporaryDirectory(prefix="kpe-") as tmp:
-        children = {}
-        for backend in backends:
-            path_in = os.path.join(tmp, f"{backend}.in.json")
-            path_out = os.path.join(tmp, f"{backend}.out.json")
-            with open(path_in, "w") as f:
-                json.dump(args, f)
-            env = {
-                **os.environ,
-                "KERAS_BACKEND": backend,
-                "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3"),
-            }
-            child = subprocess.Popen(
-                [sys.executable, "-m", module, path_in, path_out],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            children[backend] = (child, path_out)
-        tails: dict[str, list[str]] = {}
-        readers = [
-            threading.Thread(target=_drain, args=(b, child, on_line, tails))
-            for b, (child, _) in children.items()
-        ]
-        for reader in readers:
-            reader.start()
-        for reader in readers:
-            reader.join()
-        results = {}
-        for backend, (child, path_out) in children.items():
-            if child.wait() == 0 and os.path.exists(path_out):
-                with open(path_out) as f:
-                    results[backend] = json.load(f)
-            else:
-                results[backend] = {
-                    "error": f"exit status {child.returncode}: " + " | ".join(tails[backend])
+        children: dict[str, tuple[subprocess.Popen, str, float]] = {}
+        tails: dict[str, list[str]] = {b: [] for b in backends}
+        readers: list[threading.Thread] = []
+        try:
+            for backend in backends:
+                path_in = os.path.join(tmp, f"{backend}.in.json")
+                path_out = os.path.join(tmp, f"{backend}.out.jsonl")
+                with open(path_in, "w", encoding="utf-8") as f:
+                    json.dump(args, f)
+                child_env = {**os.environ, **QUIET_ENV, **(env or {}), "KERAS_BACKEND": backend}
+                if verbose:
+                    child_env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+                child = subprocess.Popen(
+                    [sys.executable, "-m", module, path_in, path_out],
+                    env=child_env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    errors="replace",
+                    start_new_session=True,  # ours to stop; a terminal's ^C reaches us only
+                )
+                children[backend] = (child, path_out, time.monotonic())
+                reader = threading.Thread(
+                    target=_drain, args=(backend, child, on_line, tails[backend], verbose)
+                )
+                reader.start()
+                readers.append(reader)
+            timed_out = _wait(children, timeout, on_tick)
+            for reader in readers:
+                reader.join()
+        finally:
+            for child, _, _ in children.values():
+                _stop(child)
+        return {
+            backend: _result(backend, child, path_out, started, timed_out, timeout, tails[backend])
+            for backend, (child, path_out, started) in children.items()
+        }
+
+
+def _wait(children, timeout, on_tick) -> set[str]:
+    """Waits for every child, stopping those past `timeout`; the names of those."""
+    timed_out: set[str] = set()
+    stopped_at: dict[str, float] = {}
+    while True:
+        now = time.monotonic()
+        for backend, (child, _, started) in children.items():
+            if backend in stopped_at:
+                continue
+            if child.poll() is not None:
+                stopped_at[backend] = now - started
+            elif timeout is not None and now - started > timeout:
+                timed_out.add(backend)
+                _stop(child)
+        if on_tick is not None:
+            on_tick(
+                {
+                    b: None if b in stopped_at else time.monotonic() - started
+                    for b, (_, _, started) in children.items()
                 }
-        return results
+            )
+        if len(stopped_at) == len(children):
+            return timed_out
+        time.sleep(0.5)
 
 
-def _drain(backend, child, on_line, tails) -> None:
-    """Reads a child's stderr to the end, keeping its last lines in `tails`."""
-    tail: list[str] = []
+def _stop(child: subprocess.Popen) -> None:
+    """Stops a child and everything it started (its process group)."""
+    if child.poll() is not None:
+        return
+    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            child.wait(grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _result(backend, child, path_out, started, timed_out, timeout, tail) -> ChildResult:
+    events = []
+    if os.path.exists(path_out):
+        with open(path_out, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line cut short by the child's end
+    finished = bool(events) and events[-1] == END and child.returncode == 0
+    if events and events[-1] == END:
+        events.pop()
+    seconds = time.monotonic() - started
+    if finished:
+        return ChildResult(events, True, None, seconds)
+    if backend in timed_out:
+        error = f"timed out after {timeout:g} s (--timeout) and was stopped"
+    else:
+        error = f"exited with status {child.returncode} before finishing"
+    last = " | ".join(tail[-3:])
+    return ChildResult(events, False, error + (f": {last}" if last else ""), seconds)
+
+
+def _drain(backend, child, on_line, tail, verbose) -> None:
+    """Reads a child's stderr to the end, keeping its last Python lines in `tail`."""
     for line in child.stderr:
         line = line.rstrip("\n")
+        if verbose:
+            print(f"[{backend}] {line}", file=sys.stderr, flush=True)
+        elif is_native_log(line):
+            continue
         if on_line is not None:
             on_line(backend, line)
-        tail = (tail + [line])[-5:]
-    tails[backend] = tail
+        if line.strip() and not line.startswith(PROGRESS):
+            tail.append(line)
+            del tail[:-5]

@@ -1,0 +1,177 @@
+"""`keras-policy-ext check` as a CI job meets it: verdicts, timeouts, signals, quiet output."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import pytest
+
+from keras_policy_ext.cli.quiet import is_native_log
+
+BACKEND = keras.backend.backend()
+TWO = ["--backends", BACKEND, "--policies", "float32,mixed_bfloat16"]
+
+TARGETS = textwrap.dedent(
+    """
+    import os, sys, time
+    import keras
+    import numpy as np
+    import keras_policy_ext as kpe
+
+    class KerasOnlyDrift(keras.layers.Layer):
+        # Casts to float32 only under Keras's own policy: kpe conforms, Keras does not.
+        def call(self, x):
+            if isinstance(self.dtype_policy, kpe.DTypePolicy):
+                return x * 1
+            return keras.ops.cast(x, "float32")
+
+    def keras_only():
+        return KerasOnlyDrift(), np.ones((2, 3), "float32")
+
+    def _in_bfloat16():
+        return kpe.config.dtype_policy().compute_dtype == "bfloat16"
+
+    def hangs():
+        # Conforms under float32; under mixed_bfloat16 it records its pid and hangs.
+        if _in_bfloat16():
+            with open(os.environ["KPE_TEST_PID_FILE"], "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(600)
+        return keras.layers.Dense(2), np.ones((2, 3), "float32")
+
+    def exits():
+        sys.exit(3)
+
+    def dies():
+        if _in_bfloat16():
+            os._exit(3)
+        return keras.layers.Dense(2), np.ones((2, 3), "float32")
+    """
+)
+
+
+@pytest.fixture
+def env(tmp_path):
+    (tmp_path / "kpe_run_targets.py").write_text(TARGETS)
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
+    env["KPE_TEST_PID_FILE"] = str(tmp_path / "child.pid")
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    return env
+
+
+def cli(*args, env, timeout=900):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_policy_ext", *args],
+        capture_output=True, text=True, env=env, timeout=timeout,
+    )  # fmt: skip
+
+
+def test_keras_findings_fail_the_run_only_when_asked(env):
+    result = cli("check", "kpe_run_targets:keras_only", *TWO, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, kpe_line, keras_line = result.stdout.splitlines()[:3]
+    assert first.startswith("CONFORMS: 4 cases on " + BACKEND)
+    assert kpe_line.strip().startswith("kpe: 0 with findings")
+    assert keras_line.strip().startswith(f"keras: 1 with findings ({BACKEND} 1)")
+    assert "--fail-on-keras" in keras_line
+    strict = cli("check", "kpe_run_targets:keras_only", *TWO, "--fail-on-keras", env=env)
+    assert strict.returncode == 1 and strict.stdout.startswith("DOES NOT CONFORM")
+
+
+def test_a_hung_backend_times_out_keeps_what_finished_and_reports_progress(env, tmp_path):
+    report = tmp_path / "report.json"
+    args = ["check", "kpe_run_targets:hangs", *TWO, "--timeout", "40", "--format", "json"]
+    start = time.monotonic()
+    result = cli(*args, "--output", str(report), env=env)
+    assert time.monotonic() - start < 120
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout.startswith("INCOMPLETE")
+    data = json.loads(report.read_text())
+    backend = data["backends"][BACKEND]
+    assert "timed out after 40 s" in backend["error"]
+    assert "mixed_bfloat16" in backend["error"]  # what it was checking
+    kept = {(c["policy"], c["source"]) for c in backend["cases"]}
+    assert kept == {("float32", "kpe"), ("float32", "keras")}
+    # no terminal: a progress line per backend at least every 10 s
+    beats = [l for l in result.stderr.splitlines() if l.startswith(f"checking {BACKEND}:")]
+    assert len(beats) >= 3, result.stderr
+    # quiet: no native log line reaches the terminal
+    noisy = [l for l in (result.stdout + result.stderr).splitlines() if is_native_log(l)]
+    assert not noisy
+    assert not os.listdir(tmp_path / "tmp")  # temporary files removed
+
+
+def test_sigterm_stops_the_backend_processes_and_removes_temporary_files(env, tmp_path):
+    command = [sys.executable, "-m", "keras_policy_ext", "check", "kpe_run_targets:hangs", *TWO]
+    parent = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    pid_file = tmp_path / "child.pid"
+    deadline = time.monotonic() + 300
+    while not pid_file.exists() or not pid_file.read_text():
+        assert parent.poll() is None, parent.communicate()
+        assert time.monotonic() < deadline, "the target never started hanging"
+        time.sleep(0.5)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    out, err = parent.communicate(timeout=60)
+    assert parent.returncode == 130, out + err
+    assert "interrupted" in err
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    assert not os.listdir(tmp_path / "tmp")
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("exits", "called sys.exit(3)"),
+        ("dies", "exited with status 3 before finishing"),
+    ],
+)
+def test_a_target_that_exits_is_reported_legibly(env, target, message):
+    result = cli("check", f"kpe_run_targets:{target}", *TWO, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stdout + result.stderr
+    assert "RuntimeWarning" not in result.stdout + result.stderr
+
+
+def test_role_policies_are_not_split_and_compared_with_keras_where_it_can(env):
+    result = cli(
+        "check", "--backends", BACKEND, "--layers", "Dense", "--all",
+        "--policies", "p=f32,c=bf16", "--policy", "params=bfloat16,compute=float32",
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "note: Keras cannot express 'params=bfloat16,compute=float32'" in result.stdout
+    assert result.stdout.startswith("CONFORMS: 3 cases")  # keras compared on mixed_bfloat16 only
+    policies = {row.split()[1] for row in result.stdout.splitlines() if row.startswith("Dense")}
+    assert policies == {"mixed_bfloat16", "params=bfloat16,compute=float32"}
+
+
+def test_markdown_format_has_the_verdict_and_the_grid(env):
+    result = cli("check", *TWO, "--layers", "Dense", "--format", "markdown", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "### keras-policy-ext check: CONFORMS"
+    assert f"| layer | policy | {BACKEND} |" in lines
+    assert "| Dense | mixed_bfloat16 | ok |" in lines
+
+
+def test_usage_errors_are_reported_before_any_backend_process_starts(env):
+    for args, message in [
+        (["--layers", "NoSuchLayer"], "no zoo layer matches NoSuchLayer"),
+        (["--policies", "float33"], "float33"),
+        (["no_such_module_kpe_x:make"], "cannot import 'no_such_module_kpe_x'"),
+        (["--timeout", "0"], "expected a number of seconds > 0"),
+    ]:
+        result = cli("check", "--backends", BACKEND, *args, env=env)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+        assert "checking " + BACKEND not in result.stderr  # no backend process ran

@@ -207,7 +207,9 @@ class Explanation:
     layer_class: str
     path: str
     policy: str
-    rule: int | None  # index in the rules; None: the default
+    # Index of the rule that picked the policy (for a sublayer that follows its
+    # parent, the parent's rule); None: the default, or not placed by rules.
+    rule: int | None
     reason: str
 
     def __str__(self) -> str:
@@ -280,11 +282,29 @@ class Rules:
                 return i, rule.policy, why
         return None, self.default, "no rule matched: the default"
 
-    def place(self, layer: keras.layers.Layer, path: str, fallback: DTypePolicy) -> DTypePolicy:
-        """Picks `layer`'s policy (`fallback` if no rule nor default does); records why."""
+    def place(
+        self, layer: keras.layers.Layer, path: str, fallback: keras.DTypePolicy
+    ) -> keras.DTypePolicy:
+        """Picks `layer`'s policy and records why.
+
+        `fallback` is the policy `layer` was built with (its parent's, for a
+        sublayer a composite layer builds), or the policy in force. A layer no
+        rule matches follows its parent when a rule picked the parent's policy
+        (a class rule on a `MultiHeadAttention` reaches its projections and
+        softmax, as Keras's own `dtype=` does), else takes the default, else
+        `fallback`.
+        """
         index, policy, reason = self.explain(type(layer), layer.name, path)
-        if policy is None:
-            policy, reason = fallback, "no rule matched: its parent's policy"
+        if index is None:
+            parent = next((i for i, r in enumerate(self.rules) if r.policy is fallback), None)
+            if parent is not None:
+                index, policy = parent, fallback
+                rule = self.rules[parent]
+                reason = f"no rule matched: its parent's policy, from rule {parent} {rule!r}" + (
+                    f": {rule.reason}" if rule.reason else ""
+                )
+            elif policy is None:
+                policy, reason = fallback, "no rule matched: its parent's policy"
         _EXPLANATIONS[layer] = Explanation(
             layer.name, type(layer).__name__, path, policy.name, index, reason
         )

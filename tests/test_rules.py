@@ -200,3 +200,33 @@ def test_with_float32_outputs():
     outs = wrapped(np.ones((1, 3), "float32"))
     assert [dtype(o) for o in outs] == ["float32", "float32"]
     assert [dtype(o) for o in model(np.ones((1, 3), "float32"))] == ["bfloat16", "bfloat16"]
+
+
+def test_composite_layers_follow_their_class_rule_unless_a_sublayer_rule_matches():
+    rules = Rules(
+        [
+            Rule("float32", layer=keras.layers.MultiHeadAttention, reason="attention in float32"),
+            Rule("float16", name="value"),
+        ],
+        default="mixed_bfloat16",
+    )
+    with kpe.installed():
+        with kpe.config.policy_scope(rules=rules):
+            mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")
+            dense = keras.layers.Dense(2, name="dense")
+        x = np.ones((2, 3, 8), "float32")
+        y = mha(x, x)  # sublayers are built here, outside the scope
+    assert mha.dtype_policy == F32 and dense.dtype_policy == BF16
+    assert kpe.explain(mha).rule == 0
+    inner = {l.name: l for l in kpe.plugin.sublayers(mha)}
+    assert {"query", "key", "value", "attention_output"} <= set(inner)
+    assert inner["value"].dtype_policy.name == "float16"  # its own rule wins
+    assert kpe.explain(inner["value"]).rule == 1
+    softmax = [l for l in inner.values() if isinstance(l, keras.layers.Softmax)]
+    assert len(softmax) == 1
+    for layer in [inner["query"], inner["key"], inner["attention_output"], *softmax]:
+        assert layer.dtype_policy == F32, layer.name
+        why = kpe.explain(layer)
+        assert why.rule == 0 and why.policy == "float32", why
+        assert "its parent's policy" in why.reason and "attention in float32" in why.reason
+    assert dtype(y) == "float32"

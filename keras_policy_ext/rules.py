@@ -42,49 +42,117 @@ _OWNER = "_kpe_rules"
 _EXPLANATIONS: weakref.WeakKeyDictionary[Any, Explanation] = weakref.WeakKeyDictionary()
 
 
+# The regex flags a pattern keeps through its config, by Python's inline flag
+# letters (`(?aimsx)`).
+_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE, "a": re.ASCII}
+_FLAG_LETTERS = ", ".join(sorted(_FLAGS))
+# Flags that change nothing a str pattern matches: UNICODE is a str pattern's
+# default, DEBUG only prints.
+_NEUTRAL_FLAGS = re.UNICODE | re.DEBUG
+
+
 class Pattern:
-    """A name or path pattern: a glob string, or a compiled `re` pattern."""
+    """A name or path pattern: a glob string, or a compiled `re` pattern (flags kept)."""
 
     def __init__(self, pattern: str | re.Pattern | Pattern) -> None:
         if isinstance(pattern, Pattern):
-            self.kind, self.text, self._regex = pattern.kind, pattern.text, pattern._regex
-        elif isinstance(pattern, re.Pattern):
-            self.kind, self.text, self._regex = "regex", pattern.pattern, pattern
+            self.kind, self.text, self.flags = pattern.kind, pattern.text, pattern.flags
+            self._regex = pattern._regex
+        elif isinstance(pattern, re.Pattern) and isinstance(pattern.pattern, str):
+            flags = pattern.flags & ~_NEUTRAL_FLAGS
+            unsupported = re.RegexFlag(flags & ~sum(_FLAGS.values()))
+            if unsupported:
+                raise ValueError(
+                    f"Invalid pattern {pattern!r}: unsupported flag {unsupported!r}; "
+                    f"rules keep {', '.join(map(repr, _FLAGS.values()))}."
+                )
+            self.kind, self.text, self.flags, self._regex = "regex", pattern.pattern, flags, pattern
         elif isinstance(pattern, str) and pattern:
-            self.kind, self.text = "glob", pattern
+            self.kind, self.text, self.flags = "glob", pattern, 0
             self._regex = re.compile(fnmatch.translate(pattern))
         else:
             raise ValueError(
                 f"Invalid pattern {pattern!r}: expected a non-empty glob string "
-                "or a compiled regular expression (re.compile(...))."
+                "or a compiled str regular expression (re.compile(...))."
             )
 
     @classmethod
     def from_config(cls, config: dict) -> Pattern:
-        ((kind, text),) = config.items()
-        if kind not in ("glob", "regex"):
-            raise ValueError(f"Invalid pattern config {config!r}: keys are 'glob' or 'regex'.")
+        """The pattern of `get_config()`'s output (`flags` optional, as in older files)."""
+        keys = set(config) if isinstance(config, dict) else set()
+        if len(keys & {"glob", "regex"}) != 1 or not keys <= {"glob", "regex", "flags"}:
+            raise ValueError(
+                f"Invalid pattern config {config!r}: expected {{'glob': text}} or "
+                "{'regex': text} with optional 'flags' (letters such as 'i')."
+            )
+        kind = "glob" if "glob" in keys else "regex"
+        text, letters = config[kind], config.get("flags", "")
+        if not isinstance(text, str):
+            raise ValueError(f"Invalid pattern config {config!r}: the {kind} must be a string.")
         if kind == "glob":
+            if letters:
+                raise ValueError(
+                    f"Invalid pattern config {config!r}: flags apply to 'regex' patterns only."
+                )
             return cls(text)
+        if not isinstance(letters, str) or not set(letters) <= set(_FLAGS):
+            bad = letters if not isinstance(letters, str) else sorted(set(letters) - set(_FLAGS))
+            raise ValueError(
+                f"Invalid regex flags {bad!r} in pattern config {config!r}: expected a "
+                f"string of the letters {_FLAG_LETTERS}."
+            )
         try:
-            return cls(re.compile(text))
+            return cls(re.compile(text, sum(_FLAGS[letter] for letter in set(letters))))
         except re.error as e:
             raise ValueError(f"Invalid regex pattern {text!r}: {e}") from None
 
     def get_config(self) -> dict:
-        return {self.kind: self.text}
+        """`{"glob": text}`, or `{"regex": text}` plus the flags the text does not set itself."""
+        letters = self._added_flags()
+        return {self.kind: self.text, **({"flags": letters} if letters else {})}
+
+    def _added_flags(self) -> str:
+        """The letters of the flags the text does not set itself (as `(?i)` would)."""
+        if self.kind == "glob":
+            return ""
+        added = self.flags & ~re.compile(self.text).flags
+        return "".join(letter for letter, flag in sorted(_FLAGS.items()) if added & flag)
 
     def matches(self, value: str) -> bool:
         return self._regex.fullmatch(value) is not None
 
+    def keras_regex(self) -> str:
+        """The pattern as one regex string, flags inline, for Keras's `DTypePolicyMap`."""
+        if self.kind == "glob":
+            return self._regex.pattern
+        letters = self._added_flags()
+        return f"(?{letters}){self.text}" if letters else self.text
+
+    def covers(self, other: Pattern) -> bool:
+        """Whether this pattern matches every string `other` matches (as far as known)."""
+        # A regex also matches case-insensitively what it matches as written.
+        return self == other or (
+            self.kind == other.kind == "regex"
+            and self.text == other.text
+            and self.flags == other.flags | re.IGNORECASE
+        )
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Pattern) and (self.kind, self.text) == (other.kind, other.text)
+        return isinstance(other, Pattern) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.text))
+        return hash(self._key())
+
+    def _key(self) -> tuple[str, str, int]:
+        return self.kind, self.text, self.flags
 
     def __repr__(self) -> str:
-        return repr(self.text) if self.kind == "glob" else f"re.compile({self.text!r})"
+        if self.kind == "glob":
+            return repr(self.text)
+        flags = "|".join(
+            f"re.{flag.name}" for flag in sorted(_FLAGS.values()) if self.flags & flag
+        )
+        return f"re.compile({self.text!r}{', ' + flags if flags else ''})"
 
 
 def _fresh(policy: Any) -> DTypePolicy:
@@ -109,8 +177,9 @@ class Rule:
     """Picks `policy` for the layers that meet every criterion given.
 
     `layer`: a layer class (subclasses match too); `name`, `path`: a glob
-    string or a compiled `re` pattern, matched in full against the layer's
-    name and the path it is built under. `reason` documents the rule.
+    string or a compiled `re` pattern (its flags kept), matched in full
+    against the layer's name and the path it is built under. `reason`
+    documents the rule.
 
     >>> import re, keras, keras_policy_ext as kpe
     >>> kpe.Rule("float32", name=re.compile("(query|key|value)"), reason="demo")
@@ -157,15 +226,16 @@ class Rule:
         )
 
     def covers(self, other: Rule) -> bool:
-        """Whether this rule matches every layer `other` matches."""
+        """Whether this rule matches every layer `other` matches: each of its
+        criteria is absent or accepts everything `other`'s accepts."""
         return (
-            self.name is None
-            and self.path is None
-            and (
+            (
                 self.layer is None
                 or (other.layer is not None and issubclass(other.layer, self.layer))
             )
-        ) or (self.layer, self.name, self.path) == (other.layer, other.name, other.path)
+            and (self.name is None or (other.name is not None and self.name.covers(other.name)))
+            and (self.path is None or (other.path is not None and self.path.covers(other.path)))
+        )
 
     def get_config(self) -> dict:
         return {
@@ -327,7 +397,7 @@ class Rules:
         return keras.dtype_policies.DTypePolicyMap(
             default_policy=DTypePolicy(self.default.name),
             policy_map={
-                rule.path._regex.pattern: DTypePolicy(rule.policy.name) for rule in self.rules
+                rule.path.keras_regex(): DTypePolicy(rule.policy.name) for rule in self.rules
             },
         )
 

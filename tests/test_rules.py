@@ -1,3 +1,4 @@
+import json
 import re
 
 import keras
@@ -62,6 +63,14 @@ def test_glob_and_regex_patterns_match_in_full():
             ["can never match"],
         ),
         (lambda: Rules(["float32"]), TypeError, ["not a kpe.Rule"]),
+        (
+            lambda: Rules(
+                [Rule("float32", name="a*"), Rule("float16", name="a*", layer=keras.layers.Dense)]
+            ),
+            ValueError,
+            ["Rule 1", "can never match", "rule 0"],
+        ),
+        (lambda: Rule("float32", name=re.compile(b"x")), ValueError, ["b'x'", "str regular"]),
     ],
 )
 def test_bad_rules_are_clear_errors(make, error, words):
@@ -230,3 +239,80 @@ def test_composite_layers_follow_their_class_rule_unless_a_sublayer_rule_matches
         assert why.rule == 0 and why.policy == "float32", why
         assert "its parent's policy" in why.reason and "attention in float32" in why.reason
     assert dtype(y) == "float32"
+
+
+def test_regex_flags_survive_the_config_round_trip():
+    rule = Rule("float32", name=re.compile("DENSE_.*", re.IGNORECASE | re.MULTILINE))
+    assert rule.matches(keras.layers.Dense, "dense_1", "dense_1")
+    config = json.loads(json.dumps(Rules([rule]).get_config()))
+    back = Rules.from_config(config).rules[0]
+    assert back.matches(keras.layers.Dense, "dense_1", "dense_1")
+    assert back.name._regex.flags == rule.name._regex.flags
+    assert back == rule and hash(back) == hash(rule)
+    assert Rule("float32", name=re.compile("DENSE_.*")) != rule
+    assert repr(rule) == "Rule('float32', name=re.compile('DENSE_.*', re.IGNORECASE|re.MULTILINE))"
+    serialized = keras.saving.serialize_keras_object(Rules([rule]))
+    assert keras.saving.deserialize_keras_object(serialized).rules == (rule,)
+    inline = Rule("float32", name=re.compile("(?i)dense"))  # the text sets the flag itself
+    assert inline.get_config()["name"] == {"regex": "(?i)dense"}
+    assert inline == Rule("float32", name=re.compile("(?i)dense", re.I))
+    # Keras's DTypePolicyMap takes no flags: they go inline.
+    path_rules = Rules([Rule("float32", path=re.compile("enc/.*", re.I))], default="float16")
+    policy_map = path_rules.to_dtype_policy_map()
+    assert list(policy_map) == ["(?i)enc/.*"]
+    assert policy_map["ENC/dense"] == F32 and policy_map["dec/dense"].name == "float16"
+    assert Rules.from_dtype_policy_map(policy_map).pick(keras.layers.Layer, "d", "Enc/d") == F32
+
+
+def test_pattern_configs_without_flags_still_load():
+    """Files saved before flags were stored: {"regex": text} / {"glob": text}."""
+    old = {
+        "rules": [
+            {"policy": "float32", "layer": None, "name": {"regex": "q|k"}, "path": None},
+            {"policy": "float16", "layer": None, "name": None, "path": {"glob": "enc/*"}},
+        ],
+        "default": "mixed_bfloat16",
+    }
+    rules = Rules.from_config(old)
+    assert rules == Rules(
+        [Rule("float32", name=re.compile("q|k")), Rule("float16", path="enc/*")],
+        default="mixed_bfloat16",
+    )
+    assert rules.get_config()["rules"][0]["name"] == {"regex": "q|k"}  # no flags: as before
+    assert rules.pick(keras.layers.Layer, "q").name == "float32"
+    assert rules.pick(keras.layers.Layer, "Q").name == "mixed_bfloat16"
+
+
+@pytest.mark.parametrize(
+    "config, words",
+    [
+        ({"regex": "a", "flags": "iz"}, ["'z'", "a, i, m, s, x"]),
+        ({"regex": "a", "flags": 2}, ["2", "a, i, m, s, x"]),
+        ({"glob": "a", "flags": "i"}, ["flags", "regex"]),
+        ({"regex": "a", "glob": "a"}, ["'glob'", "'regex'"]),
+        ({"regex": "("}, ["'('"]),
+        ({}, ["'glob'", "'regex'"]),
+    ],
+)
+def test_bad_pattern_configs_are_clear_errors(config, words):
+    with pytest.raises(ValueError) as info:
+        Rule.from_config({"policy": "float32", "name": config})
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_regex_rules_differing_only_by_flags_do_not_shadow_each_other():
+    rules = Rules(
+        [Rule("float32", name=re.compile("dense")), Rule("float16", name=re.compile("dense", re.I))]
+    )
+    assert rules.pick(keras.layers.Dense, "dense").name == "float32"
+    assert rules.pick(keras.layers.Dense, "DENSE").name == "float16"
+    # A case-insensitive rule first does match every name the same
+    # case-sensitive pattern would: that later rule could never match.
+    with pytest.raises(ValueError, match="can never match"):
+        Rules(
+            [
+                Rule("float16", name=re.compile("dense", re.I)),
+                Rule("float32", name=re.compile("dense")),
+            ]
+        )

@@ -30,7 +30,7 @@ from typing import Any
 
 import keras
 
-from keras_policy_ext.policy import DTypePolicy
+from keras_policy_ext.policy import QUANTIZED_MARK, DTypePolicy, from_name
 
 # Each `Rules` makes its own policy objects and links each to it (attribute
 # `_OWNER`), so the rules live as long as a layer uses one of them: a layer
@@ -155,9 +155,70 @@ class Pattern:
         return f"re.compile({self.text!r}{', ' + flags if flags else ''})"
 
 
-def _fresh(policy: Any) -> DTypePolicy:
-    """A new kpe policy object equal to `policy` (a name or a policy)."""
-    return DTypePolicy(policy.name if isinstance(policy, keras.DTypePolicy) else policy)
+# Keras's quantized policy classes, by name: the only classes a policy config
+# in rules may name (nothing is imported).
+_QUANTIZED_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        keras.dtype_policies.QuantizedDTypePolicy,
+        keras.dtype_policies.QuantizedFloat8DTypePolicy,
+        keras.dtype_policies.Int4DTypePolicy,
+        keras.dtype_policies.GPTQDTypePolicy,
+        keras.dtype_policies.AWQDTypePolicy,
+    )
+}
+
+
+def _fresh(policy: Any) -> keras.DTypePolicy:
+    """A new policy object equal to `policy`: kpe's for a float policy, Keras's for a
+    quantized one. `policy` is a name, a policy, or a quantized policy's config
+    (`{"class_name": ..., "config": ...}`, as `_policy_config` writes it)."""
+    if isinstance(policy, dict):
+        return _quantized_from_config(policy)
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        raise TypeError(
+            f"Invalid policy {policy!r}: a DTypePolicyMap maps layer paths to policies; "
+            "turn it into rules with kpe.Rules.from_dtype_policy_map(...)."
+        )
+    if isinstance(policy, keras.DTypePolicy):
+        if policy.quantization_mode is None:
+            return DTypePolicy(policy.name)
+        if type(policy) not in _QUANTIZED_CLASSES.values():
+            raise TypeError(
+                f"Invalid policy {policy!r}: a quantized policy in rules is one of Keras's "
+                f"{', '.join(_QUANTIZED_CLASSES)}."
+            )
+        return type(policy).from_config(policy.get_config())
+    if isinstance(policy, str) and QUANTIZED_MARK in policy:
+        return from_name(policy)  # Keras builds quantized policies
+    return DTypePolicy(policy)
+
+
+def _policy_config(policy: keras.DTypePolicy) -> str | dict:
+    """A policy's name, or for a quantized one its name does not rebuild (a float8
+    policy's `amax_history_length`), its class name and config."""
+    if isinstance(policy, DTypePolicy) or from_name(policy.name) == policy:
+        return policy.name
+    return {"class_name": type(policy).__name__, "config": policy.get_config()}
+
+
+def _quantized_from_config(config: dict) -> keras.DTypePolicy:
+    cls = _QUANTIZED_CLASSES.get(config.get("class_name"))
+    if cls is None or not isinstance(config.get("config"), dict):
+        raise ValueError(
+            f"Invalid policy config {config!r}: expected a policy name, or "
+            "{'class_name': ..., 'config': {...}} naming one of Keras's quantized "
+            f"policies: {', '.join(_QUANTIZED_CLASSES)}."
+        )
+    try:
+        return cls.from_config(config["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Invalid policy config {config!r}: {e}") from None
+
+
+def _policy_key(policy: keras.DTypePolicy) -> Any:
+    """A hashable key consistent with `==` (Keras's policies are not hashable)."""
+    return policy if isinstance(policy, DTypePolicy) else (type(policy).__name__, policy.name)
 
 
 def _class_path(cls: type) -> str:
@@ -176,17 +237,20 @@ def _import_class(path: str) -> type:
 class Rule:
     """Picks `policy` for the layers that meet every criterion given.
 
-    `layer`: a layer class (subclasses match too); `name`, `path`: a glob
-    string or a compiled `re` pattern (its flags kept), matched in full
-    against the layer's name and the path it is built under. `reason`
-    documents the rule.
+    `policy`: a policy name or object, Keras's quantized ones included
+    (`"int8_from_mixed_bfloat16"`, built by Keras). `layer`: a layer class
+    (subclasses match too); `name`, `path`: a glob string or a compiled `re`
+    pattern (its flags kept), matched in full against the layer's name and
+    the path it is built under. `reason` documents the rule.
 
     >>> import re, keras, keras_policy_ext as kpe
     >>> kpe.Rule("float32", name=re.compile("(query|key|value)"), reason="demo")
     Rule('float32', name=re.compile('(query|key|value)'), reason='demo')
+    >>> kpe.Rule("int8_from_mixed_bfloat16", layer=keras.layers.Dense).policy.quantization_mode
+    'int8'
     """
 
-    policy: DTypePolicy
+    policy: keras.DTypePolicy
     layer: type | None = None
     name: Pattern | None = None
     path: Pattern | None = None
@@ -239,7 +303,7 @@ class Rule:
 
     def get_config(self) -> dict:
         return {
-            "policy": self.policy.name,
+            "policy": _policy_config(self.policy),
             "layer": None if self.layer is None else _class_path(self.layer),
             "name": None if self.name is None else self.name.get_config(),
             "path": None if self.path is None else self.path.get_config(),
@@ -267,6 +331,9 @@ class Rule:
         if self.reason:
             parts.append(f"reason={self.reason!r}")
         return f"Rule({', '.join(parts)})"
+
+    def __hash__(self) -> int:
+        return hash((_policy_key(self.policy), self.layer, self.name, self.path, self.reason))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,11 +381,11 @@ class Rules:
                         f"Rule {j} ({later!r}) can never match: rule {i} "
                         f"({earlier!r}) comes first and matches every layer it would."
                     )
-        self.default: DTypePolicy | None = None if default is None else _fresh(default)
+        self.default: keras.DTypePolicy | None = None if default is None else _fresh(default)
         for policy in self._policies():
             object.__setattr__(policy, _OWNER, self)  # fresh objects: ours to link
 
-    def _policies(self) -> list[DTypePolicy]:
+    def _policies(self) -> list[keras.DTypePolicy]:
         owned = [rule.policy for rule in self.rules]
         return owned + ([self.default] if self.default is not None else [])
 
@@ -329,7 +396,7 @@ class Rules:
     def __add__(self, other: Rules) -> Rules:
         return Rules(self.rules + other.rules, self.default or other.default)
 
-    def pick(self, layer_class: type, name: str, path: str | None = None) -> DTypePolicy:
+    def pick(self, layer_class: type, name: str, path: str | None = None) -> keras.DTypePolicy:
         """The policy for a layer of that class, name and path (default: name)."""
         index, policy, reason = self.explain(layer_class, name, path)
         if policy is None:
@@ -340,7 +407,7 @@ class Rules:
 
     def explain(
         self, layer_class: type, name: str, path: str | None = None
-    ) -> tuple[int | None, DTypePolicy | None, str]:
+    ) -> tuple[int | None, keras.DTypePolicy | None, str]:
         """`(rule index or None, policy, reason)` for a layer's class, name, path.
 
         The policy is the default (maybe `None`) when no rule matches.
@@ -395,10 +462,8 @@ class Rules:
         if self.default is None:
             raise ValueError("Cannot export rules without a default to a DTypePolicyMap.")
         return keras.dtype_policies.DTypePolicyMap(
-            default_policy=DTypePolicy(self.default.name),
-            policy_map={
-                rule.path.keras_regex(): DTypePolicy(rule.policy.name) for rule in self.rules
-            },
+            default_policy=_fresh(self.default),
+            policy_map={rule.path.keras_regex(): _fresh(rule.policy) for rule in self.rules},
         )
 
     @classmethod
@@ -406,7 +471,17 @@ class Rules:
         """Rules equivalent to a Keras `DTypePolicyMap` (left unchanged).
 
         Exact keys come first, as Keras looks them up first; the others are
-        regular expressions matched in full.
+        regular expressions matched in full. Quantized policies are kept.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> policy_map = keras.dtype_policies.DTypePolicyMap(
+        ...     default_policy=keras.DTypePolicy("mixed_bfloat16"),
+        ...     policy_map={"model/dense": keras.dtype_policies.get("int8_from_mixed_bfloat16")})
+        >>> rules = kpe.Rules.from_dtype_policy_map(policy_map)
+        >>> rules.rules
+        (Rule('int8_from_mixed_bfloat16', path=re.compile('model/dense')),)
+        >>> rules.to_dtype_policy_map()["model/dense"] == policy_map["model/dense"]
+        True
         """
         keys = list(policy_map)
         exact = [k for k in keys if re.escape(k) == k]
@@ -422,7 +497,7 @@ class Rules:
     def get_config(self) -> dict:
         return {
             "rules": [rule.get_config() for rule in self.rules],
-            "default": None if self.default is None else self.default.name,
+            "default": None if self.default is None else _policy_config(self.default),
         }
 
     @classmethod
@@ -436,7 +511,7 @@ class Rules:
         )
 
     def __hash__(self) -> int:
-        return hash((self.rules, self.default))
+        return hash((self.rules, None if self.default is None else _policy_key(self.default)))
 
     def __repr__(self) -> str:
         default = "" if self.default is None else f", default={self.default.name!r}"
@@ -445,7 +520,7 @@ class Rules:
 
 def owner_of(policy: Any) -> Rules | None:
     """The `Rules` that made this policy object, if any."""
-    return getattr(policy, _OWNER, None) if isinstance(policy, DTypePolicy) else None
+    return getattr(policy, _OWNER, None) if isinstance(policy, keras.DTypePolicy) else None
 
 
 def explain(layer: keras.layers.Layer) -> Explanation:

@@ -71,6 +71,11 @@ def test_glob_and_regex_patterns_match_in_full():
             ["Rule 1", "can never match", "rule 0"],
         ),
         (lambda: Rule("float32", name=re.compile(b"x")), ValueError, ["b'x'", "str regular"]),
+        (
+            lambda: Rule(keras.dtype_policies.DTypePolicyMap(), name="x"),
+            TypeError,
+            ["from_dtype_policy_map"],
+        ),
     ],
 )
 def test_bad_rules_are_clear_errors(make, error, words):
@@ -316,3 +321,57 @@ def test_regex_rules_differing_only_by_flags_do_not_shadow_each_other():
                 Rule("float32", name=re.compile("dense")),
             ]
         )
+
+
+@pytest.mark.parametrize(
+    "name", ["int8_from_mixed_bfloat16", "int8_from_float32", "float8_from_mixed_bfloat16"]
+)
+def test_rules_carry_quantized_policies(name):
+    keras_policy = keras.dtype_policies.get(name)
+    rule = Rule(name, layer=keras.layers.Dense)
+    assert rule.policy == keras_policy and rule.policy.name == name
+    assert Rule(keras_policy, layer=keras.layers.Dense) == rule
+    assert rule.policy is not Rule(name, layer=keras.layers.Dense).policy  # its own object
+    rules = Rules([rule], default="mixed_bfloat16")
+    back = Rules.from_config(json.loads(json.dumps(rules.get_config())))
+    assert back == rules and hash(back) == hash(rules)
+    assert back.rules[0].policy == keras_policy
+    with kpe.installed(), kpe.config.policy_scope(rules=rules):
+        dense, norm = keras.layers.Dense(3), keras.layers.LayerNormalization()
+    assert dense.dtype_policy == keras_policy and norm.dtype_policy == BF16
+    assert kpe.explain(dense).policy == name
+    y = dense(np.ones((2, 4), "float32"))
+    assert dtype(y) == keras_policy.compute_dtype
+    assert dense.quantization_mode == keras_policy.quantization_mode
+
+
+def test_quantized_policies_keep_what_their_name_does_not_say():
+    policy = keras.dtype_policies.QuantizedFloat8DTypePolicy(
+        "float8", "mixed_bfloat16", amax_history_length=16
+    )
+    rules = Rules([Rule(policy, name="dense")])
+    config = json.loads(json.dumps(rules.get_config()))
+    assert Rules.from_config(config).rules[0].policy == policy
+    assert Rules.from_config(config) == rules
+    bad = {"class_name": "Lambda", "config": {"function": "print"}}
+    with pytest.raises(ValueError, match="Lambda") as info:
+        Rule.from_config({"policy": bad, "name": {"glob": "dense"}})
+    assert "QuantizedDTypePolicy" in str(info.value)
+
+
+def test_dtype_policy_maps_with_quantized_policies_round_trip():
+    int8 = keras.dtype_policies.get("int8_from_mixed_bfloat16")
+    policy_map = keras.dtype_policies.DTypePolicyMap(
+        default_policy=keras.DTypePolicy("mixed_bfloat16"),
+        policy_map={"model/dense": int8, "model/norm_.*": keras.DTypePolicy("float32")},
+    )
+    rules = Rules.from_dtype_policy_map(policy_map)
+    assert rules.pick(keras.layers.Dense, "dense", "model/dense") == int8
+    assert rules.pick(keras.layers.Layer, "norm_1", "model/norm_1") == F32
+    back = rules.to_dtype_policy_map()
+    assert set(back) == set(policy_map)
+    for key in policy_map:
+        assert back[key] == policy_map[key], key
+        assert back[key] is not rules.rules[0].policy
+    assert back.default_policy == policy_map.default_policy
+    assert policy_map["model/dense"] is int8 and int8.name == "int8_from_mixed_bfloat16"

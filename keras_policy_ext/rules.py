@@ -537,6 +537,11 @@ def explain(layer: keras.layers.Layer) -> Explanation:
     >>> print(kpe.explain(dense))
     Dense 'dense' -> mixed_float16: no rule matched: the default
     """
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(
+            "kpe.explain expects a layer (a keras.layers.Layer instance). "
+            f"Received: layer={layer!r} (of type {type(layer).__name__})"
+        )
     found = _EXPLANATIONS.get(layer)
     if found is not None:
         return found

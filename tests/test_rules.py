@@ -375,3 +375,10 @@ def test_dtype_policy_maps_with_quantized_policies_round_trip():
         assert back[key] is not rules.rules[0].policy
     assert back.default_policy == policy_map.default_policy
     assert policy_map["model/dense"] is int8 and int8.name == "int8_from_mixed_bfloat16"
+
+
+@pytest.mark.parametrize("bad", [None, "dense", 3, keras.layers.Dense])
+def test_explain_needs_a_layer(bad):
+    with pytest.raises(TypeError) as info:
+        kpe.explain(bad)
+    assert repr(bad) in str(info.value) and "keras.layers.Layer" in str(info.value)

@@ -382,3 +382,54 @@ def test_explain_needs_a_layer(bad):
     with pytest.raises(TypeError) as info:
         kpe.explain(bad)
     assert repr(bad) in str(info.value) and "keras.layers.Layer" in str(info.value)
+
+
+def test_with_float32_outputs_keeps_the_output_structure():
+    with kpe.config.policy_scope("mixed_bfloat16"):
+        inputs = {"a": keras.Input((3,), name="a"), "b": keras.Input((2,), name="b")}
+        joined = keras.layers.Concatenate()([inputs["a"], inputs["b"]])
+        outputs = {
+            "logits": keras.layers.Dense(2, name="logits")(joined),
+            "aux": [
+                keras.layers.Dense(1, name="aux_1")(joined),
+                keras.layers.Dense(1, name="aux_2")(joined),
+            ],
+        }
+        model = keras.Model(inputs, outputs)
+        single = keras.Model(inputs["a"], [keras.layers.Dense(2, name="only")(inputs["a"])])
+    x = {"a": np.ones((1, 3), "float32"), "b": np.ones((1, 2), "float32")}
+    wrapped = kpe.with_float32_outputs(model)
+    got, want = wrapped(x), model(x)
+    assert isinstance(got, dict) and set(got) == {"logits", "aux"}
+    assert isinstance(got["aux"], list) and len(got["aux"]) == 2
+    assert keras.tree.map_structure(dtype, got) == {
+        "logits": "float32", "aux": ["float32", "float32"]
+    }  # fmt: skip
+    assert keras.tree.map_structure(dtype, want) == {
+        "logits": "bfloat16", "aux": ["bfloat16", "bfloat16"]
+    }  # fmt: skip
+    for a, b in zip(keras.tree.flatten(got), keras.tree.flatten(want)):
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(keras.ops.cast(b, "float32"))
+        )
+    assert sorted(wrapped.output) == ["aux", "logits"]
+    float32_layers = {"aux_1_float32", "aux_2_float32", "logits_float32"}
+    assert float32_layers <= {l.name for l in wrapped.layers}
+    wrapped_single = kpe.with_float32_outputs(single)
+    assert isinstance(wrapped_single.output, list) and len(wrapped_single.output) == 1
+    x = np.ones((1, 3), "float32")
+    # Called, Keras returns the tensor of a one-element output list: so does the copy.
+    assert keras.tree.map_structure(dtype, wrapped_single(x)) == keras.tree.map_structure(
+        lambda _: "float32", single(x)
+    )
+
+
+def test_with_float32_outputs_needs_a_functional_or_sequential_model():
+    class Identity(keras.Model):
+        def call(self, x):
+            return x
+
+    for bad in (Identity(), keras.layers.Dense(2), None):
+        with pytest.raises(TypeError, match="functional or Sequential") as info:
+            kpe.with_float32_outputs(bad)
+        assert repr(bad) in str(info.value)

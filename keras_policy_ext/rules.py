@@ -115,7 +115,11 @@ class Pattern:
         """The letters of the flags the text does not set itself (as `(?i)` would)."""
         if self.kind == "glob":
             return ""
-        added = self.flags & ~re.compile(self.text).flags
+        try:
+            own = re.compile(self.text).flags
+        except re.error:  # valid only with its flags (a verbose pattern's comment)
+            own = 0
+        added = self.flags & ~own
         return "".join(letter for letter, flag in sorted(_FLAGS.items()) if added & flag)
 
     def matches(self, value: str) -> bool:
@@ -149,9 +153,7 @@ class Pattern:
     def __repr__(self) -> str:
         if self.kind == "glob":
             return repr(self.text)
-        flags = "|".join(
-            f"re.{flag.name}" for flag in sorted(_FLAGS.values()) if self.flags & flag
-        )
+        flags = "|".join(f"re.{flag.name}" for flag in sorted(_FLAGS.values()) if self.flags & flag)
         return f"re.compile({self.text!r}{', ' + flags if flags else ''})"
 
 

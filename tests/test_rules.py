@@ -267,6 +267,8 @@ def test_regex_flags_survive_the_config_round_trip():
     assert list(policy_map) == ["(?i)enc/.*"]
     assert policy_map["ENC/dense"] == F32 and policy_map["dec/dense"].name == "float16"
     assert Rules.from_dtype_policy_map(policy_map).pick(keras.layers.Layer, "d", "Enc/d") == F32
+    verbose = Rule("float32", name=re.compile("dense  # a comment (unbalanced", re.VERBOSE))
+    assert Rule.from_config(verbose.get_config()) == verbose
 
 
 def test_pattern_configs_without_flags_still_load():
@@ -433,3 +435,8 @@ def test_with_float32_outputs_needs_a_functional_or_sequential_model():
         with pytest.raises(TypeError, match="functional or Sequential") as info:
             kpe.with_float32_outputs(bad)
         assert repr(bad) in str(info.value)
+
+
+def test_with_float32_outputs_of_a_sequential_model_without_inputs_is_a_value_error():
+    with pytest.raises(ValueError, match="no inputs yet"):
+        kpe.with_float32_outputs(keras.Sequential([keras.layers.Dense(2)]))

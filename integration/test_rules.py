@@ -5,7 +5,14 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
-from integration.builders import BUILDERS, data, layer_policies, placed_layers
+from integration.builders import (
+    BUILDERS,
+    ResidualBlock,
+    as_numpy,
+    data,
+    layer_policies,
+    placed_layers,
+)
 
 RULES = kpe.rules.FLOAT32_NUMERICS
 
@@ -79,3 +86,34 @@ def test_rules_given_to_save_model_place_every_layer_of_a_model_built_without(tm
     reloaded = kpe.load_model(path)
     want = ["mixed_bfloat16", "float32", "mixed_bfloat16"]  # Dense, LayerNormalization, Dense
     assert [p.name for p in layer_policies(reloaded)] == want
+
+
+def composite_of(name, model):
+    """The layer a class rule targets in the model `name`: one that builds sublayers."""
+    if name == "subclassed":
+        return model
+    return next(l for l in model.layers if isinstance(l, keras.layers.MultiHeadAttention))
+
+
+@pytest.mark.parametrize("name", ["attention", "transformer_block", "subclassed"])
+def test_a_class_rule_on_a_composite_layer_reaches_its_sublayers(name, tmp_path):
+    composite_class = ResidualBlock if name == "subclassed" else keras.layers.MultiHeadAttention
+    rules = kpe.Rules([kpe.Rule("float32", layer=composite_class)], default="mixed_bfloat16")
+    with kpe.installed(), kpe.config.policy_scope(rules=rules):
+        model = BUILDERS[name]()
+    x, _ = data(name, n=2)
+    y = as_numpy(model(x))
+    composite = composite_of(name, model)
+    inner = placed_layers(composite)
+    assert composite.dtype_policy.name == "float32" and inner
+    assert [l.dtype_policy.name for l in inner] == ["float32"] * len(inner)
+    others = [l for l in placed_layers(model) if l is not composite and l not in inner]
+    assert all(l.dtype_policy.name == "mixed_bfloat16" for l in others)
+
+    path = tmp_path / "model.keras"
+    kpe.save_model(model, path)
+    # (The subclassed block's sublayers get new automatic names when reloaded.)
+    built = [(type(l).__name__, l.dtype_policy) for l in placed_layers(model)]
+    for loaded in (keras.saving.load_model(path), kpe.load_model(path)):
+        assert [(type(l).__name__, l.dtype_policy) for l in placed_layers(loaded)] == built
+        np.testing.assert_array_equal(as_numpy(loaded(x)), y)

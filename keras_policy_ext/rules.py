@@ -30,7 +30,7 @@ from typing import Any
 
 import keras
 
-from keras_policy_ext.policy import DTypePolicy
+from keras_policy_ext.policy import QUANTIZED_MARK, DTypePolicy, from_name
 
 # Each `Rules` makes its own policy objects and links each to it (attribute
 # `_OWNER`), so the rules live as long as a layer uses one of them: a layer
@@ -42,54 +42,185 @@ _OWNER = "_kpe_rules"
 _EXPLANATIONS: weakref.WeakKeyDictionary[Any, Explanation] = weakref.WeakKeyDictionary()
 
 
+# The regex flags a pattern keeps through its config, by Python's inline flag
+# letters (`(?aimsx)`).
+_FLAGS = {"i": re.IGNORECASE, "m": re.MULTILINE, "s": re.DOTALL, "x": re.VERBOSE, "a": re.ASCII}
+_FLAG_LETTERS = ", ".join(sorted(_FLAGS))
+# Flags that change nothing a str pattern matches: UNICODE is a str pattern's
+# default, DEBUG only prints.
+_NEUTRAL_FLAGS = re.UNICODE | re.DEBUG
+
+
 class Pattern:
-    """A name or path pattern: a glob string, or a compiled `re` pattern."""
+    """A name or path pattern: a glob string, or a compiled `re` pattern (flags kept)."""
 
     def __init__(self, pattern: str | re.Pattern | Pattern) -> None:
         if isinstance(pattern, Pattern):
-            self.kind, self.text, self._regex = pattern.kind, pattern.text, pattern._regex
-        elif isinstance(pattern, re.Pattern):
-            self.kind, self.text, self._regex = "regex", pattern.pattern, pattern
+            self.kind, self.text, self.flags = pattern.kind, pattern.text, pattern.flags
+            self._regex = pattern._regex
+        elif isinstance(pattern, re.Pattern) and isinstance(pattern.pattern, str):
+            flags = pattern.flags & ~_NEUTRAL_FLAGS
+            unsupported = re.RegexFlag(flags & ~sum(_FLAGS.values()))
+            if unsupported:
+                raise ValueError(
+                    f"Invalid pattern {pattern!r}: unsupported flag {unsupported!r}; "
+                    f"rules keep {', '.join(map(repr, _FLAGS.values()))}."
+                )
+            self.kind, self.text, self.flags, self._regex = "regex", pattern.pattern, flags, pattern
         elif isinstance(pattern, str) and pattern:
-            self.kind, self.text = "glob", pattern
+            self.kind, self.text, self.flags = "glob", pattern, 0
             self._regex = re.compile(fnmatch.translate(pattern))
         else:
             raise ValueError(
                 f"Invalid pattern {pattern!r}: expected a non-empty glob string "
-                "or a compiled regular expression (re.compile(...))."
+                "or a compiled str regular expression (re.compile(...))."
             )
 
     @classmethod
     def from_config(cls, config: dict) -> Pattern:
-        ((kind, text),) = config.items()
-        if kind not in ("glob", "regex"):
-            raise ValueError(f"Invalid pattern config {config!r}: keys are 'glob' or 'regex'.")
+        """The pattern of `get_config()`'s output (`flags` optional, as in older files)."""
+        keys = set(config) if isinstance(config, dict) else set()
+        if len(keys & {"glob", "regex"}) != 1 or not keys <= {"glob", "regex", "flags"}:
+            raise ValueError(
+                f"Invalid pattern config {config!r}: expected {{'glob': text}} or "
+                "{'regex': text} with optional 'flags' (letters such as 'i')."
+            )
+        kind = "glob" if "glob" in keys else "regex"
+        text, letters = config[kind], config.get("flags", "")
+        if not isinstance(text, str):
+            raise ValueError(f"Invalid pattern config {config!r}: the {kind} must be a string.")
         if kind == "glob":
+            if letters:
+                raise ValueError(
+                    f"Invalid pattern config {config!r}: flags apply to 'regex' patterns only."
+                )
             return cls(text)
+        if not isinstance(letters, str) or not set(letters) <= set(_FLAGS):
+            bad = letters if not isinstance(letters, str) else sorted(set(letters) - set(_FLAGS))
+            raise ValueError(
+                f"Invalid regex flags {bad!r} in pattern config {config!r}: expected a "
+                f"string of the letters {_FLAG_LETTERS}."
+            )
         try:
-            return cls(re.compile(text))
+            return cls(re.compile(text, sum(_FLAGS[letter] for letter in set(letters))))
         except re.error as e:
             raise ValueError(f"Invalid regex pattern {text!r}: {e}") from None
 
     def get_config(self) -> dict:
-        return {self.kind: self.text}
+        """`{"glob": text}`, or `{"regex": text}` plus the flags the text does not set itself."""
+        letters = self._added_flags()
+        return {self.kind: self.text, **({"flags": letters} if letters else {})}
+
+    def _added_flags(self) -> str:
+        """The letters of the flags the text does not set itself (as `(?i)` would)."""
+        if self.kind == "glob":
+            return ""
+        try:
+            own = re.compile(self.text).flags
+        except re.error:  # valid only with its flags (a verbose pattern's comment)
+            own = 0
+        added = self.flags & ~own
+        return "".join(letter for letter, flag in sorted(_FLAGS.items()) if added & flag)
 
     def matches(self, value: str) -> bool:
         return self._regex.fullmatch(value) is not None
 
+    def keras_regex(self) -> str:
+        """The pattern as one regex string, flags inline, for Keras's `DTypePolicyMap`."""
+        if self.kind == "glob":
+            return self._regex.pattern
+        letters = self._added_flags()
+        return f"(?{letters}){self.text}" if letters else self.text
+
+    def covers(self, other: Pattern) -> bool:
+        """Whether this pattern matches every string `other` matches (as far as known)."""
+        # A regex also matches case-insensitively what it matches as written.
+        return self == other or (
+            self.kind == other.kind == "regex"
+            and self.text == other.text
+            and self.flags == other.flags | re.IGNORECASE
+        )
+
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Pattern) and (self.kind, self.text) == (other.kind, other.text)
+        return isinstance(other, Pattern) and self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.kind, self.text))
+        return hash(self._key())
+
+    def _key(self) -> tuple[str, str, int]:
+        return self.kind, self.text, self.flags
 
     def __repr__(self) -> str:
-        return repr(self.text) if self.kind == "glob" else f"re.compile({self.text!r})"
+        if self.kind == "glob":
+            return repr(self.text)
+        flags = "|".join(f"re.{flag.name}" for flag in sorted(_FLAGS.values()) if self.flags & flag)
+        return f"re.compile({self.text!r}{', ' + flags if flags else ''})"
 
 
-def _fresh(policy: Any) -> DTypePolicy:
-    """A new kpe policy object equal to `policy` (a name or a policy)."""
-    return DTypePolicy(policy.name if isinstance(policy, keras.DTypePolicy) else policy)
+# Keras's quantized policy classes, by name: the only classes a policy config
+# in rules may name (nothing is imported).
+_QUANTIZED_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        keras.dtype_policies.QuantizedDTypePolicy,
+        keras.dtype_policies.QuantizedFloat8DTypePolicy,
+        keras.dtype_policies.Int4DTypePolicy,
+        keras.dtype_policies.GPTQDTypePolicy,
+        keras.dtype_policies.AWQDTypePolicy,
+    )
+}
+
+
+def _fresh(policy: Any) -> keras.DTypePolicy:
+    """A new policy object equal to `policy`: kpe's for a float policy, Keras's for a
+    quantized one. `policy` is a name, a policy, or a quantized policy's config
+    (`{"class_name": ..., "config": ...}`, as `_policy_config` writes it)."""
+    if isinstance(policy, dict):
+        return _quantized_from_config(policy)
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        raise TypeError(
+            f"Invalid policy {policy!r}: a DTypePolicyMap maps layer paths to policies; "
+            "turn it into rules with kpe.Rules.from_dtype_policy_map(...)."
+        )
+    if isinstance(policy, keras.DTypePolicy):
+        if policy.quantization_mode is None:
+            return DTypePolicy(policy.name)
+        if type(policy) not in _QUANTIZED_CLASSES.values():
+            raise TypeError(
+                f"Invalid policy {policy!r}: a quantized policy in rules is one of Keras's "
+                f"{', '.join(_QUANTIZED_CLASSES)}."
+            )
+        return type(policy).from_config(policy.get_config())
+    if isinstance(policy, str) and QUANTIZED_MARK in policy:
+        return from_name(policy)  # Keras builds quantized policies
+    return DTypePolicy(policy)
+
+
+def _policy_config(policy: keras.DTypePolicy) -> str | dict:
+    """A policy's name, or for a quantized one its name does not rebuild (a float8
+    policy's `amax_history_length`), its class name and config."""
+    if isinstance(policy, DTypePolicy) or from_name(policy.name) == policy:
+        return policy.name
+    return {"class_name": type(policy).__name__, "config": policy.get_config()}
+
+
+def _quantized_from_config(config: dict) -> keras.DTypePolicy:
+    cls = _QUANTIZED_CLASSES.get(config.get("class_name"))
+    if cls is None or not isinstance(config.get("config"), dict):
+        raise ValueError(
+            f"Invalid policy config {config!r}: expected a policy name, or "
+            "{'class_name': ..., 'config': {...}} naming one of Keras's quantized "
+            f"policies: {', '.join(_QUANTIZED_CLASSES)}."
+        )
+    try:
+        return cls.from_config(config["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"Invalid policy config {config!r}: {e}") from None
+
+
+def _policy_key(policy: keras.DTypePolicy) -> Any:
+    """A hashable key consistent with `==` (Keras's policies are not hashable)."""
+    return policy if isinstance(policy, DTypePolicy) else (type(policy).__name__, policy.name)
 
 
 def _class_path(cls: type) -> str:
@@ -108,16 +239,20 @@ def _import_class(path: str) -> type:
 class Rule:
     """Picks `policy` for the layers that meet every criterion given.
 
-    `layer`: a layer class (subclasses match too); `name`, `path`: a glob
-    string or a compiled `re` pattern, matched in full against the layer's
-    name and the path it is built under. `reason` documents the rule.
+    `policy`: a policy name or object, Keras's quantized ones included
+    (`"int8_from_mixed_bfloat16"`, built by Keras). `layer`: a layer class
+    (subclasses match too); `name`, `path`: a glob string or a compiled `re`
+    pattern (its flags kept), matched in full against the layer's name and
+    the path it is built under. `reason` documents the rule.
 
     >>> import re, keras, keras_policy_ext as kpe
     >>> kpe.Rule("float32", name=re.compile("(query|key|value)"), reason="demo")
     Rule('float32', name=re.compile('(query|key|value)'), reason='demo')
+    >>> kpe.Rule("int8_from_mixed_bfloat16", layer=keras.layers.Dense).policy.quantization_mode
+    'int8'
     """
 
-    policy: DTypePolicy
+    policy: keras.DTypePolicy
     layer: type | None = None
     name: Pattern | None = None
     path: Pattern | None = None
@@ -157,19 +292,20 @@ class Rule:
         )
 
     def covers(self, other: Rule) -> bool:
-        """Whether this rule matches every layer `other` matches."""
+        """Whether this rule matches every layer `other` matches: each of its
+        criteria is absent or accepts everything `other`'s accepts."""
         return (
-            self.name is None
-            and self.path is None
-            and (
+            (
                 self.layer is None
                 or (other.layer is not None and issubclass(other.layer, self.layer))
             )
-        ) or (self.layer, self.name, self.path) == (other.layer, other.name, other.path)
+            and (self.name is None or (other.name is not None and self.name.covers(other.name)))
+            and (self.path is None or (other.path is not None and self.path.covers(other.path)))
+        )
 
     def get_config(self) -> dict:
         return {
-            "policy": self.policy.name,
+            "policy": _policy_config(self.policy),
             "layer": None if self.layer is None else _class_path(self.layer),
             "name": None if self.name is None else self.name.get_config(),
             "path": None if self.path is None else self.path.get_config(),
@@ -198,6 +334,9 @@ class Rule:
             parts.append(f"reason={self.reason!r}")
         return f"Rule({', '.join(parts)})"
 
+    def __hash__(self) -> int:
+        return hash((_policy_key(self.policy), self.layer, self.name, self.path, self.reason))
+
 
 @dataclasses.dataclass(frozen=True)
 class Explanation:
@@ -207,7 +346,9 @@ class Explanation:
     layer_class: str
     path: str
     policy: str
-    rule: int | None  # index in the rules; None: the default
+    # Index of the rule that picked the policy (for a sublayer that follows its
+    # parent, the parent's rule); None: the default, or not placed by rules.
+    rule: int | None
     reason: str
 
     def __str__(self) -> str:
@@ -242,11 +383,11 @@ class Rules:
                         f"Rule {j} ({later!r}) can never match: rule {i} "
                         f"({earlier!r}) comes first and matches every layer it would."
                     )
-        self.default: DTypePolicy | None = None if default is None else _fresh(default)
+        self.default: keras.DTypePolicy | None = None if default is None else _fresh(default)
         for policy in self._policies():
             object.__setattr__(policy, _OWNER, self)  # fresh objects: ours to link
 
-    def _policies(self) -> list[DTypePolicy]:
+    def _policies(self) -> list[keras.DTypePolicy]:
         owned = [rule.policy for rule in self.rules]
         return owned + ([self.default] if self.default is not None else [])
 
@@ -257,7 +398,7 @@ class Rules:
     def __add__(self, other: Rules) -> Rules:
         return Rules(self.rules + other.rules, self.default or other.default)
 
-    def pick(self, layer_class: type, name: str, path: str | None = None) -> DTypePolicy:
+    def pick(self, layer_class: type, name: str, path: str | None = None) -> keras.DTypePolicy:
         """The policy for a layer of that class, name and path (default: name)."""
         index, policy, reason = self.explain(layer_class, name, path)
         if policy is None:
@@ -268,7 +409,7 @@ class Rules:
 
     def explain(
         self, layer_class: type, name: str, path: str | None = None
-    ) -> tuple[int | None, DTypePolicy | None, str]:
+    ) -> tuple[int | None, keras.DTypePolicy | None, str]:
         """`(rule index or None, policy, reason)` for a layer's class, name, path.
 
         The policy is the default (maybe `None`) when no rule matches.
@@ -280,11 +421,29 @@ class Rules:
                 return i, rule.policy, why
         return None, self.default, "no rule matched: the default"
 
-    def place(self, layer: keras.layers.Layer, path: str, fallback: DTypePolicy) -> DTypePolicy:
-        """Picks `layer`'s policy (`fallback` if no rule nor default does); records why."""
+    def place(
+        self, layer: keras.layers.Layer, path: str, fallback: keras.DTypePolicy
+    ) -> keras.DTypePolicy:
+        """Picks `layer`'s policy and records why.
+
+        `fallback` is the policy `layer` was built with (its parent's, for a
+        sublayer a composite layer builds), or the policy in force. A layer no
+        rule matches follows its parent when a rule picked the parent's policy
+        (a class rule on a `MultiHeadAttention` reaches its projections and
+        softmax, as Keras's own `dtype=` does), else takes the default, else
+        `fallback`.
+        """
         index, policy, reason = self.explain(type(layer), layer.name, path)
-        if policy is None:
-            policy, reason = fallback, "no rule matched: its parent's policy"
+        if index is None:
+            parent = next((i for i, r in enumerate(self.rules) if r.policy is fallback), None)
+            if parent is not None:
+                index, policy = parent, fallback
+                rule = self.rules[parent]
+                reason = f"no rule matched: its parent's policy, from rule {parent} {rule!r}" + (
+                    f": {rule.reason}" if rule.reason else ""
+                )
+            elif policy is None:
+                policy, reason = fallback, "no rule matched: its parent's policy"
         _EXPLANATIONS[layer] = Explanation(
             layer.name, type(layer).__name__, path, policy.name, index, reason
         )
@@ -305,10 +464,8 @@ class Rules:
         if self.default is None:
             raise ValueError("Cannot export rules without a default to a DTypePolicyMap.")
         return keras.dtype_policies.DTypePolicyMap(
-            default_policy=DTypePolicy(self.default.name),
-            policy_map={
-                rule.path._regex.pattern: DTypePolicy(rule.policy.name) for rule in self.rules
-            },
+            default_policy=_fresh(self.default),
+            policy_map={rule.path.keras_regex(): _fresh(rule.policy) for rule in self.rules},
         )
 
     @classmethod
@@ -316,7 +473,17 @@ class Rules:
         """Rules equivalent to a Keras `DTypePolicyMap` (left unchanged).
 
         Exact keys come first, as Keras looks them up first; the others are
-        regular expressions matched in full.
+        regular expressions matched in full. Quantized policies are kept.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> policy_map = keras.dtype_policies.DTypePolicyMap(
+        ...     default_policy=keras.DTypePolicy("mixed_bfloat16"),
+        ...     policy_map={"model/dense": keras.dtype_policies.get("int8_from_mixed_bfloat16")})
+        >>> rules = kpe.Rules.from_dtype_policy_map(policy_map)
+        >>> rules.rules
+        (Rule('int8_from_mixed_bfloat16', path=re.compile('model/dense')),)
+        >>> rules.to_dtype_policy_map()["model/dense"] == policy_map["model/dense"]
+        True
         """
         keys = list(policy_map)
         exact = [k for k in keys if re.escape(k) == k]
@@ -332,7 +499,7 @@ class Rules:
     def get_config(self) -> dict:
         return {
             "rules": [rule.get_config() for rule in self.rules],
-            "default": None if self.default is None else self.default.name,
+            "default": None if self.default is None else _policy_config(self.default),
         }
 
     @classmethod
@@ -346,7 +513,7 @@ class Rules:
         )
 
     def __hash__(self) -> int:
-        return hash((self.rules, self.default))
+        return hash((self.rules, None if self.default is None else _policy_key(self.default)))
 
     def __repr__(self) -> str:
         default = "" if self.default is None else f", default={self.default.name!r}"
@@ -355,7 +522,7 @@ class Rules:
 
 def owner_of(policy: Any) -> Rules | None:
     """The `Rules` that made this policy object, if any."""
-    return getattr(policy, _OWNER, None) if isinstance(policy, DTypePolicy) else None
+    return getattr(policy, _OWNER, None) if isinstance(policy, keras.DTypePolicy) else None
 
 
 def explain(layer: keras.layers.Layer) -> Explanation:
@@ -372,6 +539,11 @@ def explain(layer: keras.layers.Layer) -> Explanation:
     >>> print(kpe.explain(dense))
     Dense 'dense' -> mixed_float16: no rule matched: the default
     """
+    if not isinstance(layer, keras.layers.Layer):
+        raise TypeError(
+            "kpe.explain expects a layer (a keras.layers.Layer instance). "
+            f"Received: layer={layer!r} (of type {type(layer).__name__})"
+        )
     found = _EXPLANATIONS.get(layer)
     if found is not None:
         return found
@@ -414,7 +586,9 @@ def with_float32_outputs(model: keras.Model) -> keras.Model:
 
     What users write by hand today (`Activation("linear", dtype="float32")`):
     losses and metrics then see float32 under a mixed policy. Functional and
-    Sequential models; the layers are shared, not copied.
+    Sequential models; the layers are shared, not copied. The inputs and
+    outputs keep their structure (a dict of outputs stays a dict with the same
+    keys, nested lists stay nested), so `compile(loss={...})` still applies.
 
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):
@@ -422,14 +596,42 @@ def with_float32_outputs(model: keras.Model) -> keras.Model:
     >>> wrapped = kpe.with_float32_outputs(model)
     >>> keras.backend.standardize_dtype(wrapped(keras.ops.ones((1, 3))).dtype)
     'float32'
+    >>> inputs = keras.Input((3,))
+    >>> with kpe.config.policy_scope("mixed_float16"):
+    ...     heads = keras.Model(inputs, {"score": keras.layers.Dense(1)(inputs)})
+    >>> outputs = kpe.with_float32_outputs(heads)(keras.ops.ones((1, 3)))
+    >>> list(outputs), keras.backend.standardize_dtype(outputs["score"].dtype)
+    (['score'], 'float32')
     """
-    outputs = [
+    inputs, outputs = _io_structure(model)
+    flat = keras.tree.flatten(outputs)
+    float32 = [
         keras.layers.Activation("linear", dtype=DTypePolicy("float32"), name=f"{name}_float32")(o)
-        for name, o in zip(_output_names(model), keras.tree.flatten(model.outputs))
+        for name, o in zip(_output_names(model, flat), flat)
     ]
-    return keras.Model(model.inputs, outputs if len(outputs) > 1 else outputs[0])
+    return keras.Model(inputs, keras.tree.pack_sequence_as(outputs, float32))
 
 
-def _output_names(model: keras.Model) -> Sequence[str]:
+def _io_structure(model: Any) -> tuple[Any, Any]:
+    """A functional or Sequential model's inputs and outputs, in their structures."""
+    if isinstance(model, keras.Sequential):
+        try:
+            outputs = model.outputs
+            return model.inputs, outputs[0] if len(outputs) == 1 else outputs
+        except AttributeError:
+            raise ValueError(
+                f"Cannot wrap the outputs of {model!r}: this Sequential model has no "
+                "inputs yet; start it with keras.Input(...) or build it first."
+            ) from None
+    # A functional model: `input` / `output` are the structures it was built with.
+    if isinstance(model, keras.Model) and hasattr(model, "inputs") and hasattr(model, "outputs"):
+        return model.input, model.output
+    raise TypeError(
+        "kpe.with_float32_outputs expects a functional or Sequential keras.Model "
+        f"(a subclassed model has no symbolic outputs). Received: model={model!r}"
+    )
+
+
+def _output_names(model: keras.Model, flat: Sequence[Any]) -> Sequence[str]:
     names = getattr(model, "output_names", None)
-    return names or [f"output_{i}" for i in range(len(model.outputs))]
+    return names if names and len(names) == len(flat) else [f"output_{i}" for i in range(len(flat))]

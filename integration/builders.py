@@ -7,6 +7,8 @@ Every builder uses only stock layers and takes its policy from the global
 import keras
 import numpy as np
 
+import keras_policy_ext as kpe
+
 
 @keras.saving.register_keras_serializable(package="kpe_integration")
 class ResidualBlock(keras.Model):
@@ -116,7 +118,7 @@ def data(name, n=16, seed=0):
 
 def all_layers(model):
     """Every layer below `model`, nested ones included (a Keras internal)."""
-    return list(model._flatten_layers(include_self=False))
+    return kpe.models.sublayers(model)
 
 
 def placed_layers(model):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
-from keras_policy_ext.backends import BACKENDS
 from integration.builders import BUILDERS, as_numpy, data, layer_policies
+from keras_policy_ext.backends import BACKENDS
 
 DATA = pathlib.Path(__file__).parent / "data"
 

@@ -31,56 +31,53 @@ so that after `uninstall()` stock Keras finds it as `install()` did.
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import dataclasses
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import keras
 
-from keras_policy_ext.policy import DTypePolicy, from_name
+from keras_policy_ext import internals
+from keras_policy_ext.global_state import STATE
+from keras_policy_ext.policy import DTypePolicy, as_policy
 from keras_policy_ext.rules import Rules
 
-_lock = threading.Lock()
-# (policy, Keras session token): the policy is the default while the token is
-# Keras's current one (`keras.utils.clear_session()` changes it); None: floatx's.
-_default: tuple[keras.DTypePolicy | None, Any] = (None, None)
-_scoped: contextvars.ContextVar[keras.DTypePolicy | None] = contextvars.ContextVar(
-    "keras_policy_ext_scoped_policy", default=None
-)
-_scoped_rules: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "keras_policy_ext_scoped_rules", default=None
-)
 _floatx_policies: dict[str, DTypePolicy] = {}
 
 
-def _as_policy(policy: Any) -> keras.DTypePolicy:
-    if isinstance(policy, keras.DTypePolicy):
-        return policy
-    if isinstance(policy, str):
-        return from_name(policy)
-    raise ValueError(
-        "Invalid `policy` argument. Expected the string name of a policy "
-        "(such as 'mixed_float16') or a `DTypePolicy` instance. "
-        f"Received: policy={policy!r} (of type {type(policy)})"
+def _plugin_installed() -> bool:
+    """Whether Keras's global getter is kpe's (the plugin is installed)."""
+    return getattr(internals.resolve(internals.GLOBAL_POLICY_MODULE), "dtype_policy", None) is (
+        dtype_policy
     )
 
 
-def _get_default() -> keras.DTypePolicy | None:
-    """kpe's default, or `None` (never set, or reset by `clear_session()`)."""
-    from keras_policy_ext import plugin
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """kpe's default and Keras's global policy of one thread, as `snapshot()` found them."""
 
-    policy, session = _default
-    return policy if policy is not None and session == plugin._keras_session() else None
+    default: keras.DTypePolicy | None
+    keras_global: keras.DTypePolicy | None
 
 
-def _set_default(policy: keras.DTypePolicy | None) -> None:
-    """Sets kpe's default only (Keras's own global is left alone)."""
-    from keras_policy_ext import plugin
+def snapshot() -> Snapshot:
+    """The global policy state here, for `restore` (tests, `kpe.testing.clean_state`).
 
-    global _default
-    with _lock:
-        _default = (policy, plugin._keras_session())
+    >>> import keras_policy_ext as kpe
+    >>> saved = kpe.config.snapshot()
+    >>> kpe.config.set_dtype_policy("mixed_float16")
+    >>> kpe.config.restore(saved)
+    >>> kpe.config.dtype_policy()
+    <DTypePolicy "float32">
+    """
+    return Snapshot(STATE.default, internals.keras_global_policy())
+
+
+def restore(saved: Snapshot) -> None:
+    """Puts back kpe's default and this thread's Keras global policy (the very objects)."""
+    with STATE.lock:
+        STATE.default = saved.default
+        internals.set_keras_global_policy(saved.keras_global)
 
 
 class _Frame:
@@ -102,18 +99,14 @@ _thread = _ThreadFrames()
 
 def _enter_keras(policy: keras.DTypePolicy) -> _Frame:
     """Stores a scope's policy as Keras's global of this thread."""
-    from keras_policy_ext import plugin
-
-    frame = _Frame(policy, plugin._keras_global())
-    plugin._set_keras_global(policy)
+    frame = _Frame(policy, internals.keras_global_policy())
+    internals.set_keras_global_policy(policy)
     _thread.frames.append(frame)
     return frame
 
 
 def _exit_keras(frame: _Frame) -> None:
     """Puts back what `frame`'s scope found in Keras's global, unless changed since."""
-    from keras_policy_ext import plugin
-
     frames = _thread.frames
     index = next((i for i, f in enumerate(frames) if f is frame), None)
     if index is None:  # entered in another thread: that thread's global is not ours
@@ -122,21 +115,19 @@ def _exit_keras(frame: _Frame) -> None:
     if index < len(frames):  # a later scope (another asyncio task's) is still open
         if frames[index].below is frame.policy:
             frames[index].below = frame.below
-    elif plugin._keras_global() is frame.policy:
-        plugin._set_keras_global(frame.below)
+    elif internals.keras_global_policy() is frame.policy:
+        internals.set_keras_global_policy(frame.below)
     # else the user set Keras's global inside the scope: theirs stands
 
 
 def _set_keras_by_user(policy: keras.DTypePolicy) -> None:
     """A user setting for Keras's global of this thread, behind the open scopes."""
-    from keras_policy_ext import plugin
-
     frames = _thread.frames
     for i, frame in enumerate(frames):
         if i == 0 or frame.below is not frames[i - 1].policy:
             frame.below = policy  # what a user setting there would come back as
-    if not frames or plugin._keras_global() is not frames[-1].policy:
-        plugin._set_keras_global(policy)
+    if not frames or internals.keras_global_policy() is not frames[-1].policy:
+        internals.set_keras_global_policy(policy)
 
 
 def dtype_policy() -> keras.DTypePolicy:
@@ -149,10 +140,7 @@ def dtype_policy() -> keras.DTypePolicy:
     >>> kpe.config.dtype_policy()
     <DTypePolicy "float32">
     """
-    policy = _scoped.get()
-    if policy is not None:
-        return policy
-    policy = _get_default()
+    policy = STATE.in_force()
     if policy is not None:
         return policy
     floatx = keras.config.floatx()
@@ -177,24 +165,21 @@ def set_dtype_policy(policy: keras.DTypePolicy | str) -> None:
     <DTypePolicy "mixed_bfloat16">
     >>> kpe.config.set_dtype_policy("float32")
     """
-    global _default
-    from keras_policy_ext import plugin
-
-    policy = _as_policy(policy)
-    with _lock:
-        _default = (policy, plugin._keras_session())
-        if not plugin.is_installed():
+    policy = as_policy(policy)
+    with STATE.lock:
+        STATE.default = policy
+        if not _plugin_installed():
             _set_keras_by_user(policy)
 
 
-def scoped_rules() -> Any:
+def scoped_rules() -> Rules | None:
     """The `keras_policy_ext.Rules` of the innermost scope here, or `None`.
 
     >>> import keras_policy_ext as kpe
     >>> kpe.config.scoped_rules() is None
     True
     """
-    return _scoped_rules.get()
+    return STATE.scoped_rules.get()
 
 
 @contextlib.contextmanager
@@ -232,16 +217,14 @@ def policy_scope(
                 f"Invalid rules={rules!r} (of type {type(rules).__name__}): "
                 "expected a keras_policy_ext.Rules, or None."
             )
-        from keras_policy_ext import plugin
-
-        if not plugin.is_installed():
+        if not _plugin_installed():
             raise RuntimeError(
                 "Policy rules act when Keras builds a layer, through the plugin: "
                 "call keras_policy_ext.install() (or use `with "
                 "keras_policy_ext.installed():`) before policy_scope(rules=...)."
             )
         if policy is not None:
-            policy = _as_policy(policy)
+            policy = as_policy(policy)
         elif rules.default is not None:
             policy = rules.default
         else:
@@ -250,8 +233,8 @@ def policy_scope(
         policy = rules.default
     elif policy is None:
         raise ValueError("policy_scope needs a policy, rules, or both.")
-    policy = _as_policy(policy)
-    token, rules_token = _scoped.set(policy), _scoped_rules.set(rules)
+    policy = as_policy(policy)
+    token, rules_token = STATE.scoped.set(policy), STATE.scoped_rules.set(rules)
     try:
         frame = _enter_keras(policy)
         try:
@@ -259,5 +242,5 @@ def policy_scope(
         finally:
             _exit_keras(frame)
     finally:
-        _scoped_rules.reset(rules_token)
-        _scoped.reset(token)
+        STATE.scoped_rules.reset(rules_token)
+        STATE.scoped.reset(token)

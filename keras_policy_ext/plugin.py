@@ -1,22 +1,18 @@
 """The plugin: unchanged Keras code resolves its policies through kpe.
 
-This is the only module that touches Keras internals. `install()` replaces
-these attributes, after checking that each exists on the installed Keras:
+`install()` replaces, through `keras_policy_ext.internals` (which checks
+each against the installed Keras first):
 
-- `keras.src.dtype_policies.dtype_policy.dtype_policy`: Keras's global
-  getter. `keras.src.dtype_policies.get(None)` (every stock layer built with
-  `dtype=None`) and `keras.DTypePolicy(None)` call it.
-- `keras.src.dtype_policies.dtype_policy.set_dtype_policy`: Keras's setter.
+- Keras's global getter and setter (`keras.src.dtype_policies.dtype_policy`
+  `.dtype_policy` / `.set_dtype_policy`): `dtype_policies.get(None)` (every
+  stock layer built with `dtype=None`) and `keras.DTypePolicy(None)` call
+  the getter.
 - `keras.src.dtype_policies.get`: what `Layer.__init__`, the `dtype_policy`
   setter, metrics and losses call to turn `dtype=` into a policy. kpe's
   replacement also places the layer `Layer.__init__` is building when policy
-  rules govern it (`keras_policy_ext.rules`): it recognises that caller by
-  the code object of `keras.layers.Layer.__init__` (checked to call
-  `dtype_policies.get`), and reads the name scope the layer is built under
-  with `keras.src.backend.common.name_scope.current_path`.
-
-- `keras.src.trainers.trainer.Trainer.compile` (`Model.compile`): wrapped
-  so that `auto_scale_loss` scales by dtypes, with kpe's floored
+  rules govern it (`keras_policy_ext.rules`).
+- `Model.compile` (`keras.src.trainers.trainer.Trainer.compile`): wrapped so
+  that `auto_scale_loss` scales by dtypes, with kpe's floored
   `LossScaleOptimizer` (`keras_policy_ext.scaled_fit`).
 
 and, for user code, the public names bound to those functions:
@@ -28,14 +24,7 @@ Each is replaced by its kpe counterpart (`keras_policy_ext.config`,
 `keras_policy_ext.dtype_policies.get`); `uninstall()` puts Keras's own back
 where kpe's function still stands, and leaves a patch another library made
 after `install()` in place. Keras's legacy `keras._tf_keras` namespace is
-left alone. `sublayers` lists a layer's nested layers with
-`Layer._flatten_layers`, also checked.
-
-`keras_policy_ext.config` reads and writes Keras's per-thread global policy
-through this module (`_keras_global`, `_set_keras_global`) and tells a
-`keras.utils.clear_session()` apart by `_keras_session`: they use
-`keras.src.backend.common.global_state`, whose `GLOBAL_STATE_TRACKER`
-`clear_session()` replaces.
+left alone.
 
 The plugin is in place while an explicit `install()` stands or any
 `installed()` block is open, in any thread: `installed()` blocks are
@@ -47,25 +36,13 @@ exits.
 from __future__ import annotations
 
 import contextlib
-import importlib
-import sys
 import threading
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
-from keras.src.backend.common import global_state
 
-from keras_policy_ext import config, dtype_policies, rules, scaled_fit
-
-_LAYER_INIT = keras.layers.Layer.__init__.__code__
-
-
-def _current_path() -> str:
-    from keras.src.backend.common.name_scope import current_path
-
-    return current_path()
+from keras_policy_ext import config, dtype_policies, internals, rules, scaled_fit
 
 
 def _get(identifier: Any = None) -> keras.DTypePolicy:
@@ -75,23 +52,14 @@ def _get(identifier: Any = None) -> keras.DTypePolicy:
     object some rules own (a composite layer handing its policy down), gets
     the policy those rules pick for its class, name and path.
     """
-    caller = sys._getframe(1)
-    if caller.f_code is _LAYER_INIT:
-        owner = config.scoped_rules() if identifier is None else rules.owner_of(identifier)
-        if owner is not None:
-            layer = caller.f_locals["self"]
-            path = "/".join(p for p in (_current_path(), layer.name) if p)
+    layer = internals.layer_being_built()
+    if layer is not None:
+        placing = config.scoped_rules() if identifier is None else rules.owner_of(identifier)
+        if placing is not None:
+            path = "/".join(p for p in (internals.current_name_scope(), layer.name) if p)
             fallback = identifier if identifier is not None else config.dtype_policy()
-            return owner.place(layer, path, fallback)
+            return placing.place(layer, path, fallback)
     return dtype_policies.get(identifier)
-
-
-def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """Every layer nested in `layer` (not `layer` itself), depth first."""
-    return list(layer._flatten_layers(include_self=False))
-
-
-_COMPILE = ("keras.src.trainers.trainer.Trainer", "compile")
 
 
 def _compiler(original: Callable) -> Callable:
@@ -110,108 +78,27 @@ def _compiler(original: Callable) -> Callable:
     return _compile
 
 
-_GETTER = "keras.src.dtype_policies.dtype_policy"
-# (module or class, attribute, kpe replacement)
-_TARGETS: tuple[tuple[str, str, Callable], ...] = (
-    (*_COMPILE, _compiler),  # made per install around Keras's
-    (_GETTER, "dtype_policy", config.dtype_policy),
-    (_GETTER, "set_dtype_policy", config.set_dtype_policy),
-    ("keras.src.dtype_policies", "get", _get),
-    ("keras.config", "dtype_policy", config.dtype_policy),
-    ("keras.config", "set_dtype_policy", config.set_dtype_policy),
-    ("keras.mixed_precision", "dtype_policy", config.dtype_policy),
-    ("keras.mixed_precision", "global_policy", config.dtype_policy),
-    ("keras.mixed_precision", "set_dtype_policy", config.set_dtype_policy),
-    ("keras.mixed_precision", "set_global_policy", config.set_dtype_policy),
-    ("keras.dtype_policies", "get", dtype_policies.get),
+_GLOBAL = internals.GLOBAL_POLICY_MODULE
+# (module or class, attribute, kpe replacement): what install() replaces.
+PATCHES = internals.Patches(
+    [
+        (internals.TRAINER_CLASS, "compile", internals.Patches.wrap(_compiler)),
+        (_GLOBAL, "dtype_policy", config.dtype_policy),
+        (_GLOBAL, "set_dtype_policy", config.set_dtype_policy),
+        (internals.POLICIES_MODULE, "get", _get),
+        ("keras.config", "dtype_policy", config.dtype_policy),
+        ("keras.config", "set_dtype_policy", config.set_dtype_policy),
+        ("keras.mixed_precision", "dtype_policy", config.dtype_policy),
+        ("keras.mixed_precision", "global_policy", config.dtype_policy),
+        ("keras.mixed_precision", "set_dtype_policy", config.set_dtype_policy),
+        ("keras.mixed_precision", "set_global_policy", config.set_dtype_policy),
+        ("keras.dtype_policies", "get", dtype_policies.get),
+    ]
 )
 
 _lock = threading.Lock()
-# (path, attr) -> (module or class, Keras's function, kpe's) while installed
-_patched: dict[tuple[str, str], tuple[object, Callable, Callable]] = {}
 _explicit = False  # an install() stands
 _blocks = 0  # installed() blocks open, in every thread
-
-
-def _keras_global() -> keras.DTypePolicy | None:
-    """Keras's own global policy of this thread, as stored (`None`: unset)."""
-    return global_state.get_global_attribute("dtype_policy")
-
-
-def _set_keras_global(policy: keras.DTypePolicy | None) -> None:
-    """Stores Keras's own global policy of this thread (`None` unsets it)."""
-    global_state.set_global_attribute("dtype_policy", policy)
-
-
-def _keras_session() -> weakref.ref:
-    """A token of Keras's state, which `keras.utils.clear_session()` replaces."""
-    return weakref.ref(global_state.GLOBAL_STATE_TRACKER)
-
-
-def owner(path: str) -> Any:
-    """The module, or class in a module, that a dotted path names (or `None`)."""
-    module_name, obj, rest = path, None, []
-    while module_name and obj is None:
-        try:
-            obj = importlib.import_module(module_name)
-        except ImportError:
-            module_name, _, last = module_name.rpartition(".")
-            rest.insert(0, last)
-    for part in rest:
-        obj = getattr(obj, part, None)
-    return obj
-
-
-def _resolve() -> list[tuple[str, object, str, Callable]]:
-    missing, resolved = [], []
-    for path, attr, replacement in _TARGETS:
-        target = owner(path)
-        if not callable(getattr(target, attr, None)):
-            missing.append(f"{path}.{attr}")
-        else:
-            resolved.append((path, target, attr, replacement))
-    if not hasattr(keras.layers.Layer, "_flatten_layers"):
-        missing.append("keras.layers.Layer._flatten_layers")
-    if not {"dtype_policies", "get"} <= set(_LAYER_INIT.co_names):
-        missing.append("keras.layers.Layer.__init__ calling dtype_policies.get")
-    try:
-        _current_path()
-    except ImportError:
-        missing.append("keras.src.backend.common.name_scope.current_path")
-    if not hasattr(global_state, "GLOBAL_STATE_TRACKER"):
-        missing.append("keras.src.backend.common.global_state.GLOBAL_STATE_TRACKER")
-    if missing:
-        raise RuntimeError(
-            "keras_policy_ext cannot install its plugin on Keras "
-            f"{keras.__version__}: missing {', '.join(missing)}. The plugin "
-            "supports the Keras versions named in keras_policy_ext's "
-            "requirements (keras>=3.15,<4)."
-        )
-    return resolved
-
-
-def _activate() -> None:
-    """Puts kpe's functions in place (under `_lock`); all or nothing."""
-    if _patched:
-        return
-    try:
-        for path, target, attr, replacement in _resolve():
-            original = getattr(target, attr)
-            if replacement is _compiler:
-                replacement = _compiler(original)
-            setattr(target, attr, replacement)
-            _patched[(path, attr)] = (target, original, replacement)
-    except BaseException:
-        _deactivate()
-        raise
-
-
-def _deactivate() -> None:
-    """Puts Keras's functions back where kpe's still stand (under `_lock`)."""
-    for (path, attr), (target, original, replacement) in _patched.items():
-        if getattr(target, attr, None) is replacement:
-            setattr(target, attr, original)
-    _patched.clear()
 
 
 def install() -> None:
@@ -232,7 +119,7 @@ def install() -> None:
     """
     global _explicit
     with _lock:
-        _activate()
+        PATCHES.apply()
         _explicit = True
 
 
@@ -254,7 +141,7 @@ def uninstall() -> None:
     with _lock:
         _explicit = False
         if not _blocks:
-            _deactivate()
+            PATCHES.revert()
 
 
 def is_installed() -> bool:
@@ -264,7 +151,18 @@ def is_installed() -> bool:
     >>> kpe.is_installed()
     False
     """
-    return bool(_patched)
+    return PATCHES.applied
+
+
+def installed_explicitly() -> bool:
+    """Whether an `install()` stands (not withdrawn by `uninstall()`).
+
+    >>> import keras_policy_ext as kpe
+    >>> with kpe.installed():
+    ...     kpe.is_installed(), kpe.plugin.installed_explicitly()
+    (True, False)
+    """
+    return _explicit
 
 
 @contextlib.contextmanager
@@ -284,7 +182,7 @@ def installed() -> Iterator[None]:
     """
     global _blocks
     with _lock:
-        _activate()
+        PATCHES.apply()
         _blocks += 1
     try:
         yield
@@ -292,4 +190,4 @@ def installed() -> Iterator[None]:
         with _lock:
             _blocks -= 1
             if not _blocks and not _explicit:
-                _deactivate()
+                PATCHES.revert()

@@ -7,7 +7,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_policy_ext import grammar
+from keras_policy_ext import grammar, internals
+from keras_policy_ext.global_state import STATE
 
 # Policy names that are not a single dtype: name -> (compute, variable).
 MIXED_POLICIES = {
@@ -27,6 +28,9 @@ VALID_NAMES = (*MIXED_POLICIES, *DTYPE_NAMES)
 # Keras's quantized policy names read "<mode>_from_<source policy>"
 # ("int8_from_float32"); those stay Keras's to build.
 QUANTIZED_MARK = "_from_"
+
+# What the policy class needs of Keras's internals, checked at import.
+internals.check([internals.POLICY_FIELDS_INTERNAL])
 
 # Keras's own `get`, captured before the plugin can replace it: quantized
 # policies stay Keras's to build.
@@ -95,6 +99,28 @@ def from_name(name: str) -> keras.DTypePolicy:
     return DTypePolicy(name)
 
 
+def as_policy(policy: Any) -> keras.DTypePolicy:
+    """`policy` itself if it is a `keras.DTypePolicy`, else the policy a name names.
+
+    >>> from keras_policy_ext.policy import as_policy
+    >>> as_policy("mixed_bfloat16")
+    <DTypePolicy "mixed_bfloat16">
+    >>> as_policy(3)
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid `policy` argument. Expected the string name of a policy ...
+    """
+    if isinstance(policy, keras.DTypePolicy):
+        return policy
+    if isinstance(policy, str):
+        return from_name(policy)
+    raise ValueError(
+        "Invalid `policy` argument. Expected the string name of a policy "
+        "(such as 'mixed_float16') or a `DTypePolicy` instance. "
+        f"Received: policy={policy!r} (of type {type(policy)})"
+    )
+
+
 @keras.saving.register_keras_serializable(package="keras_policy_ext", name="DTypePolicy")
 class DTypePolicy(keras.DTypePolicy):
     """An immutable dtype policy that stock Keras layers accept.
@@ -126,16 +152,9 @@ class DTypePolicy(keras.DTypePolicy):
 
     def __init__(self, name: str | None = None) -> None:
         if name is None:
-            from keras_policy_ext import config
-
-            name = config.dtype_policy().name
-        name, compute_dtype, variable_dtype = parse_name(name)
-        # The underscore names are the ones Keras's own code reads.
-        set_ = object.__setattr__
-        set_(self, "_name", name)
-        set_(self, "_compute_dtype", compute_dtype)
-        set_(self, "_variable_dtype", variable_dtype)
-        set_(self, "_quantization_mode", None)
+            in_force = STATE.in_force()
+            name = in_force.name if in_force is not None else keras.config.floatx()
+        internals.set_policy_fields(self, *parse_name(name))
 
     @property
     def name(self) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 
 import keras
 
-from keras_policy_ext import plugin
-from keras_policy_ext.retarget import _config_names, retarget
+from keras_policy_ext.models import sublayers
+from keras_policy_ext.retargeting import _config_names, retarget
 from keras_policy_ext.rules import Rules, owner_of
 
 RULES_FILE = "keras_policy_ext.json"
@@ -34,7 +34,7 @@ def rules_of(model: keras.layers.Layer) -> Rules | None:
     >>> kpe.saving.rules_of(model).rules == rules.rules
     True
     """
-    for layer in [model, *plugin.sublayers(model)]:
+    for layer in [model, *sublayers(model)]:
         found = owner_of(layer.dtype_policy)
         if found is not None:
             return found
@@ -53,7 +53,7 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | N
     >>> with tempfile.TemporaryDirectory() as tmp:
     ...     kpe.saving.save_model(model, os.path.join(tmp, "m.keras"))
     ...     loaded = kpe.load_model(os.path.join(tmp, "m.keras"))
-    >>> inner = kpe.plugin.sublayers(loaded)
+    >>> inner = kpe.models.sublayers(loaded)
     >>> softmax = next(l for l in inner if isinstance(l, keras.layers.Softmax))
     >>> softmax.dtype_policy  # inside the attention layer: placed by the stored rules
     <DTypePolicy "float32">
@@ -64,7 +64,7 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | N
     if rules is not None:
         # In a model built under rules, the layers they did not place keep
         # their own policies on reload.
-        unplaced = {l.name for l in plugin.sublayers(model) if owner_of(l.dtype_policy) is None}
+        unplaced = {l.name for l in sublayers(model) if owner_of(l.dtype_policy) is None}
         keep = [] if built_under is None else sorted(unplaced & _config_names(model.get_config()))
         with zipfile.ZipFile(filepath, "a") as archive:
             archive.writestr(RULES_FILE, json.dumps({"rules": rules.get_config(), "keep": keep}))

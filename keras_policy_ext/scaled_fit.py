@@ -14,6 +14,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_policy_ext.models import sublayers
+
 
 @keras.saving.register_keras_serializable(package="keras_policy_ext", name="LossScaleOptimizer")
 class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
@@ -75,8 +77,6 @@ def needs_loss_scaling(model: keras.layers.Layer) -> bool:
     >>> kpe.needs_loss_scaling(model)
     True
     """
-    from keras_policy_ext.plugin import sublayers
-
     layers = [model, *sublayers(model)]
     return any(
         (layer.compute_dtype, layer.variable_dtype) == ("float16", "float32") for layer in layers

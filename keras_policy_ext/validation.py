@@ -10,6 +10,7 @@ import keras
 
 from keras_policy_ext import dtype_policies
 from keras_policy_ext.backends import BACKENDS
+
 _FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
 
 

@@ -17,7 +17,7 @@ def in_thread(fn):
 
 
 def test_default_is_the_floatx_policy():
-    kpe.config._set_default(None)  # never set, as in a fresh process
+    kpe.config.restore(kpe.config.Snapshot(None, keras_global()))  # never set, as when fresh
     assert kpe.config.dtype_policy() == kpe.DTypePolicy("float32")
     keras.config.set_floatx("float64")
     assert kpe.config.dtype_policy() == kpe.DTypePolicy("float64")
@@ -176,9 +176,7 @@ def test_mixed_precision_aliases():
 
 def keras_global():
     """Keras's own per-thread global policy, as stored (`None`: never set)."""
-    from keras.src.backend.common import global_state
-
-    return global_state.get_global_attribute("dtype_policy")
+    return kpe.internals.keras_global_policy()
 
 
 def test_a_scope_restores_keras_s_global_object_exactly():

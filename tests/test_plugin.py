@@ -19,7 +19,7 @@ PUBLIC = [
 
 
 def snapshot():
-    return {(path, a): getattr(plugin.owner(path), a) for path, a, _ in plugin._TARGETS}
+    return {(path, a): plugin.PATCHES.current(path, a) for path, a, _ in plugin.PATCHES.targets}
 
 
 def test_install_and_uninstall_are_idempotent_and_restore_keras_exactly():
@@ -139,7 +139,9 @@ def test_installed_context_leaves_a_prior_install_alone():
 
 def test_missing_keras_internal_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(
-        plugin, "_TARGETS", plugin._TARGETS + (("keras.config", "no_such_name", print),)
+        plugin.PATCHES,
+        "targets",
+        plugin.PATCHES.targets + (("keras.config", "no_such_name", print),),
     )
     with pytest.raises(RuntimeError, match=r"keras\.config\.no_such_name") as info:
         kpe.install()
@@ -150,9 +152,7 @@ def test_missing_keras_internal_is_a_clear_error(monkeypatch):
 
 def keras_global():
     """Keras's own per-thread global policy, as stored (`None`: never set)."""
-    from keras.src.backend.common import global_state
-
-    return global_state.get_global_attribute("dtype_policy")
+    return kpe.internals.keras_global_policy()
 
 
 def test_installed_blocks_are_counted_across_threads():

@@ -3,16 +3,15 @@ import pickle
 
 import keras
 import pytest
-from keras.src.backend.common.dtypes import ALLOWED_DTYPES
 
 import keras_policy_ext as kpe
 from keras_policy_ext.policy import DTYPE_NAMES, MIXED_POLICIES
 
-KERAS_NAMES = [*MIXED_POLICIES, *ALLOWED_DTYPES, "int"]
+KERAS_NAMES = [*MIXED_POLICIES, *kpe.internals.allowed_dtypes(), "int"]
 
 
 def test_name_table_matches_keras():
-    assert sorted(DTYPE_NAMES) == sorted(ALLOWED_DTYPES)
+    assert sorted(DTYPE_NAMES) == sorted(kpe.internals.allowed_dtypes())
 
 
 @pytest.mark.parametrize("name", KERAS_NAMES)

@@ -158,10 +158,10 @@ def test_composite_layers_hand_the_rules_to_their_sublayers():
             mha = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, name="mha")
         x = np.ones((2, 3, 8), "float32")
         y = mha(x, x)  # sublayers are built here, outside the scope
-    inner = {layer.name: layer.dtype_policy for layer in mha._flatten_layers(include_self=False)}
+    inner = {layer.name: layer.dtype_policy for layer in kpe.models.sublayers(mha)}
     assert inner["attention_output"] == F32
     assert inner["query"] == inner["key"] == inner["value"] == BF16
-    query = next(l for l in mha._flatten_layers(include_self=False) if l.name == "query")
+    query = next(l for l in kpe.models.sublayers(mha) if l.name == "query")
     assert kpe.explain(query).path == "mha/query"
     assert kpe.explain(query).reason == "no rule matched: the default"
     assert dtype(y) == "float32"
@@ -232,7 +232,7 @@ def test_composite_layers_follow_their_class_rule_unless_a_sublayer_rule_matches
         y = mha(x, x)  # sublayers are built here, outside the scope
     assert mha.dtype_policy == F32 and dense.dtype_policy == BF16
     assert kpe.explain(mha).rule == 0
-    inner = {l.name: l for l in kpe.plugin.sublayers(mha)}
+    inner = {l.name: l for l in kpe.models.sublayers(mha)}
     assert {"query", "key", "value", "attention_output"} <= set(inner)
     assert inner["value"].dtype_policy.name == "float16"  # its own rule wins
     assert kpe.explain(inner["value"]).rule == 1

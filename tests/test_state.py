@@ -5,9 +5,7 @@ import keras_policy_ext as kpe
 
 def keras_global():
     """Keras's own per-thread global policy, as stored (`None`: never set)."""
-    from keras.src.backend.common import global_state
-
-    return global_state.get_global_attribute("dtype_policy")
+    return kpe.internals.keras_global_policy()
 
 
 def test_clean_state_restores_keras_s_global_object():

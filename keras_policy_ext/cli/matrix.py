@@ -168,6 +168,10 @@ def check_here(
     for spec in targets:
         factory, inputs = _target_case(*load_target(spec))
         cases.append((spec, factory, inputs))
+    from keras_policy_ext import dtype_policies
+
+    # Role specs by their canonical names: `p=f32,c=bf16` is Keras's mixed_bfloat16.
+    policies = [dtype_policies.get(p).name for p in policies]
     policy_sources = {}
     for policy in policies:
         policy_sources[policy] = list(sources)

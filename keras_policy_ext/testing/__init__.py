@@ -1,5 +1,10 @@
 """Checks that layers really store and compute in their policy's dtypes.
 
+What users call from their own tests: `check_layer`, `assert_conforms`,
+the zoo of stock layers, `clean_state`, and the pytest fixtures (the
+`keras_policy_ext` pytest plugin). Each name loads its module on first use,
+so the pytest plugin imports Keras only when a fixture or check runs.
+
 >>> import keras, numpy as np, keras_policy_ext as kpe
 >>> report = kpe.testing.check_layer(
 ...     lambda: keras.layers.Dense(4), np.ones((2, 3), "float32"),
@@ -12,29 +17,35 @@ True
 <DTypePolicy "float32">
 """
 
-from keras_policy_ext.testing.checks import (
-    DEFAULT_POLICIES,
-    TOLERANCES,
-    CaseResult,
-    ConformanceError,
-    Finding,
-    Report,
-    assert_conforms,
-    check_layer,
-)
-from keras_policy_ext.testing.state import clean_state
-from keras_policy_ext.testing.zoo import ZOO, ZooEntry
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_POLICIES",
-    "TOLERANCES",
-    "ZOO",
-    "CaseResult",
-    "ConformanceError",
-    "Finding",
-    "Report",
-    "ZooEntry",
-    "assert_conforms",
-    "check_layer",
-    "clean_state",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DEFAULT_POLICIES": "checks",
+    "TOLERANCES": "checks",
+    "CaseResult": "checks",
+    "ConformanceError": "checks",
+    "Finding": "checks",
+    "Report": "checks",
+    "assert_conforms": "checks",
+    "check_layer": "checks",
+    "clean_state": "state",
+    "ZOO": "zoo",
+    "ZooEntry": "zoo",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -21,6 +21,8 @@ import numpy as np
 from keras import ops
 
 from keras_policy_ext import config, plugin
+from keras_policy_ext.models import sublayers
+from keras_policy_ext.policy import as_policy
 from keras_policy_ext.validation import validate
 
 DEFAULT_POLICIES = (
@@ -156,7 +158,7 @@ def _policy(policy: Any, source: str) -> keras.DTypePolicy:
     if source == "keras":
         name = policy.name if isinstance(policy, keras.DTypePolicy) else policy
         return keras.DTypePolicy(name)
-    return config._as_policy(policy)
+    return as_policy(policy)
 
 
 class _Case:
@@ -186,7 +188,7 @@ class _Case:
 
     def layer_policies(self, layer) -> list[tuple[str, keras.DTypePolicy]]:
         """`(path, policy)` of the layer and every sublayer, deepest paths first."""
-        layers = [layer, *plugin.sublayers(layer)]
+        layers = [layer, *sublayers(layer)]
         found = [(l.path, l.dtype_policy) for l in layers if l.path]
         return sorted(found, key=lambda item: -len(item[0]))
 

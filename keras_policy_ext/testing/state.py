@@ -26,10 +26,9 @@ def clean_state() -> Iterator[None]:
     >>> kpe.is_installed(), keras.config.floatx()
     (False, 'float32')
     """
-    default = config._get_default()
-    was_installed = plugin._explicit
+    saved = config.snapshot()
+    was_installed = plugin.installed_explicitly()
     floatx = keras.config.floatx()
-    keras_global = plugin._keras_global()
     try:
         yield
     finally:
@@ -38,5 +37,4 @@ def clean_state() -> Iterator[None]:
             plugin.install()
         else:
             plugin.uninstall()
-        config._set_default(default)
-        plugin._set_keras_global(keras_global)
+        config.restore(saved)

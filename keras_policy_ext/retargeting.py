@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from keras_policy_ext import config, dtype_policies, plugin
+from keras_policy_ext.policy import as_policy
 from keras_policy_ext.rules import Rules
 
 
@@ -104,7 +105,7 @@ def retarget(
         scope = _rules_scope(policy)
         placed = None
     else:
-        placed = config._as_policy(policy)
+        placed = as_policy(policy)
         scope = config.policy_scope(placed)
     with scope:
         try:

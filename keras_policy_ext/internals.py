@@ -1,0 +1,337 @@
+"""Every Keras internal kpe relies on, in one module, each checked and named.
+
+Keras 3 has no public hook for what kpe does (resolve every layer's policy
+through kpe, place a layer by rules while it is built, read Keras's own
+per-thread global), so kpe reaches into Keras here and nowhere else: the
+other modules call the functions below. `INTERNALS` lists each internal,
+what kpe uses it for and the Keras versions it was verified against;
+`check()` probes them and raises a `RuntimeError` naming what is missing
+(`keras_policy_ext.install()` calls it, and the policy module checks the
+fields it needs at import).
+
+>>> from keras_policy_ext import internals
+>>> internals.check()  # every internal is there on this Keras
+>>> internals.INTERNALS[0].name, internals.INTERNALS[0].verified
+('keras.src.dtype_policies.dtype_policy.dtype_policy', ('3.15.1',))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import keras
+
+VERIFIED_KERAS = ("3.15.1",)
+
+# Where Keras keeps what the plugin replaces.
+GLOBAL_POLICY_MODULE = "keras.src.dtype_policies.dtype_policy"
+POLICIES_MODULE = "keras.src.dtype_policies"
+TRAINER_CLASS = "keras.src.trainers.trainer.Trainer"
+
+# `keras.DTypePolicy`'s fields that Keras's own code reads (its `__init__`,
+# which parses only Keras's names, is not called for kpe's policies).
+POLICY_FIELDS = ("_name", "_compute_dtype", "_variable_dtype", "_quantization_mode")
+POLICY_FIELDS_INTERNAL = "keras.DTypePolicy fields " + ", ".join(POLICY_FIELDS)
+
+_LAYER_INIT = keras.layers.Layer.__init__.__code__
+
+
+def resolve(path: str) -> Any:
+    """The module, or the class in a module, that a dotted path names (or `None`).
+
+    >>> from keras_policy_ext import internals
+    >>> internals.resolve("keras.src.trainers.trainer.Trainer").__name__
+    'Trainer'
+    >>> internals.resolve("keras.no_such_module") is None
+    True
+    """
+    module_name, obj, rest = path, None, []
+    while module_name and obj is None:
+        try:
+            obj = importlib.import_module(module_name)
+        except ImportError:
+            module_name, _, last = module_name.rpartition(".")
+            rest.insert(0, last)
+    for part in rest:
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _global_state() -> Any:
+    from keras.src.backend.common import global_state
+
+    return global_state
+
+
+def keras_global_policy() -> keras.DTypePolicy | None:
+    """Keras's own global policy of this thread, as stored (`None`: unset).
+
+    Read without `keras.config.dtype_policy()`, which the plugin replaces
+    and which makes a policy when none is stored.
+    """
+    return _global_state().get_global_attribute("dtype_policy")
+
+
+def set_keras_global_policy(policy: keras.DTypePolicy | None) -> None:
+    """Stores Keras's own global policy of this thread (`None` unsets it)."""
+    _global_state().set_global_attribute("dtype_policy", policy)
+
+
+def keras_session() -> weakref.ref:
+    """A token of Keras's global state, which `keras.utils.clear_session()` replaces."""
+    return weakref.ref(_global_state().GLOBAL_STATE_TRACKER)
+
+
+def current_name_scope() -> str:
+    """The name scope path layers are being built under (`""` at the top)."""
+    from keras.src.backend.common.name_scope import current_path
+
+    return current_path()
+
+
+def layer_being_built(depth: int = 2) -> keras.layers.Layer | None:
+    """The layer whose `Layer.__init__` is the caller `depth` frames up, else `None`.
+
+    With the default, the caller of the function that calls this: the
+    plugin's `dtype_policies.get` recognises `Layer.__init__` by its code
+    object and reads its `self`.
+    """
+    frame = sys._getframe(depth)
+    return frame.f_locals.get("self") if frame.f_code is _LAYER_INIT else None
+
+
+def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """Every layer nested in `layer` (not `layer` itself), depth first.
+
+    >>> import keras
+    >>> from keras_policy_ext import internals
+    >>> mha = keras.layers.MultiHeadAttention(2, 4)
+    >>> _ = mha(keras.ops.ones((1, 3, 8)), keras.ops.ones((1, 3, 8)))
+    >>> sorted({type(l).__name__ for l in internals.sublayers(mha)})
+    ['Dropout', 'EinsumDense', 'Softmax']
+    """
+    return list(layer._flatten_layers(include_self=False))
+
+
+def set_policy_fields(
+    policy: keras.DTypePolicy, name: str, compute_dtype: str, variable_dtype: str
+) -> None:
+    """Sets the fields Keras's code reads on a policy (kpe's skip Keras's `__init__`)."""
+    values = (name, compute_dtype, variable_dtype, None)
+    for field, value in zip(POLICY_FIELDS, values):
+        object.__setattr__(policy, field, value)
+
+
+def allowed_dtypes() -> tuple[str, ...]:
+    """The dtype names Keras accepts (`keras.src.backend.common.dtypes.ALLOWED_DTYPES`)."""
+    from keras.src.backend.common.dtypes import ALLOWED_DTYPES
+
+    return tuple(ALLOWED_DTYPES)
+
+
+def backend_distribution_lib() -> Any:
+    """The running backend's `distribution_lib` (`None` where it has none: torch)."""
+    from keras.src import backend
+
+    return backend.distribution_lib
+
+
+def loss_scale_index(optimizer: keras.optimizers.LossScaleOptimizer) -> int:
+    """Where a `LossScaleOptimizer`'s `dynamic_scale` stands in its `variables`.
+
+    `stateless_apply` (JAX) takes and returns the optimizer's variables as a
+    list in that order.
+    """
+    return next(i for i, v in enumerate(optimizer.variables) if v is optimizer.dynamic_scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class Internal:
+    """One Keras internal: what kpe uses it for, and how to see it is there."""
+
+    name: str
+    used_for: str
+    present: Callable[[], bool]
+    verified: tuple[str, ...] = VERIFIED_KERAS
+
+
+def _has(path: str, attr: str) -> Callable[[], bool]:
+    return lambda: callable(getattr(resolve(path), attr, None))
+
+
+def _imports(fn: Callable[[], Any]) -> Callable[[], bool]:
+    def present() -> bool:
+        try:
+            fn()
+        except (ImportError, AttributeError, StopIteration):
+            return False
+        return True
+
+    return present
+
+
+INTERNALS: tuple[Internal, ...] = (
+    Internal(
+        f"{GLOBAL_POLICY_MODULE}.dtype_policy",
+        "the plugin replaces Keras's global getter: `dtype_policies.get(None)` (every "
+        "layer built with dtype=None) and `keras.DTypePolicy(None)` call it",
+        _has(GLOBAL_POLICY_MODULE, "dtype_policy"),
+    ),
+    Internal(
+        f"{GLOBAL_POLICY_MODULE}.set_dtype_policy",
+        "the plugin replaces Keras's global setter",
+        _has(GLOBAL_POLICY_MODULE, "set_dtype_policy"),
+    ),
+    Internal(
+        f"{POLICIES_MODULE}.get",
+        "the plugin replaces what Layer.__init__, the dtype_policy setter, metrics and "
+        "losses call to turn dtype= into a policy",
+        _has(POLICIES_MODULE, "get"),
+    ),
+    Internal(
+        f"{TRAINER_CLASS}.compile",
+        "the plugin wraps Model.compile so that auto_scale_loss scales by dtypes",
+        _has(TRAINER_CLASS, "compile"),
+    ),
+    Internal(
+        "keras.layers.Layer.__init__ calling dtype_policies.get (its code object, its "
+        "frame's `self`)",
+        "rules place the layer being built (`layer_being_built`)",
+        lambda: {"dtype_policies", "get"} <= set(_LAYER_INIT.co_names),
+    ),
+    Internal(
+        "keras.src.backend.common.name_scope.current_path",
+        "rules match the path a layer is built under (`current_name_scope`)",
+        _imports(current_name_scope),
+    ),
+    Internal(
+        "keras.layers.Layer._flatten_layers",
+        "`sublayers`: the layers nested in a layer or model",
+        lambda: callable(getattr(keras.layers.Layer, "_flatten_layers", None)),
+    ),
+    Internal(
+        "keras.src.backend.common.global_state (get_global_attribute, "
+        "set_global_attribute, GLOBAL_STATE_TRACKER)",
+        "Keras's per-thread global policy read and restored exactly, and "
+        "keras.utils.clear_session() told apart (`keras_global_policy`, `keras_session`)",
+        _imports(lambda: (keras_global_policy(), keras_session())),
+    ),
+    Internal(
+        POLICY_FIELDS_INTERNAL,
+        "kpe's DTypePolicy is a keras.DTypePolicy that parses names itself: Keras's "
+        "own methods read these fields (`set_policy_fields`)",
+        lambda: set(POLICY_FIELDS) <= set(vars(keras.DTypePolicy("float32"))),
+    ),
+    Internal(
+        "keras.src.backend.common.dtypes.ALLOWED_DTYPES",
+        "the dtype names Keras accepts as a policy name, which kpe's names table mirrors",
+        _imports(allowed_dtypes),
+    ),
+    Internal(
+        "keras.optimizers.LossScaleOptimizer: dynamic_scale among .variables",
+        "kpe's LossScaleOptimizer clips the scale stateless_apply returns (`loss_scale_index`)",
+        _imports(lambda: _built_loss_scale_optimizer().dynamic_scale),
+    ),
+)
+
+
+def _built_loss_scale_optimizer() -> keras.optimizers.LossScaleOptimizer:
+    optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD())
+    optimizer.build([keras.Variable(1.0)])
+    loss_scale_index(optimizer)  # StopIteration (not there) fails the probe
+    return optimizer
+
+
+_present: dict[str, bool] = {}  # Keras does not change within a process: probe once
+
+
+def missing(names: Iterable[str] | None = None) -> list[str]:
+    """The internals (all, or those named) that this Keras lacks."""
+    wanted = None if names is None else set(names)
+    gone = []
+    for internal in INTERNALS:
+        if wanted is not None and internal.name not in wanted:
+            continue
+        if internal.name not in _present:
+            _present[internal.name] = bool(internal.present())
+        if not _present[internal.name]:
+            gone.append(internal.name)
+    return gone
+
+
+def check(names: Iterable[str] | None = None) -> None:
+    """Raises `RuntimeError` naming every internal (all, or those named) this Keras lacks."""
+    gone = missing(names)
+    if gone:
+        raise RuntimeError(
+            f"keras_policy_ext cannot run on Keras {keras.__version__}: it lacks "
+            f"{'; '.join(gone)}. keras_policy_ext's use of Keras internals was verified "
+            f"on Keras {', '.join(VERIFIED_KERAS)} (its requirements: keras>=3.15,<4)."
+        )
+
+
+class Patches:
+    """Replacements of Keras attributes, applied all or nothing, reverted where ours stand.
+
+    `targets` are `(dotted path of a module or class, attribute, replacement)`;
+    a replacement that is a `Patches.wrap(make)` is made at each `apply()` as
+    `make(original)`, holding the function it wraps.
+    """
+
+    class wrap:  # noqa: N801 (a marker, used as `Patches.wrap(make)`)
+        def __init__(self, make: Callable[[Callable], Callable]) -> None:
+            self.make = make
+
+    def __init__(self, targets: Iterable[tuple[str, str, Any]]) -> None:
+        self.targets = tuple(targets)
+        self._applied: dict[tuple[str, str], tuple[object, Callable, Callable]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def applied(self) -> bool:
+        return bool(self._applied)
+
+    def current(self, path: str, attr: str) -> Any:
+        """What the attribute holds now (kpe's replacement, Keras's, or another's)."""
+        return getattr(resolve(path), attr, None)
+
+    def apply(self) -> None:
+        """Puts every replacement in place, or none (`RuntimeError` naming what is missing)."""
+        with self._lock:
+            if self._applied:
+                return
+            check()
+            gone = [f"{p}.{a}" for p, a, _ in self.targets if not callable(self.current(p, a))]
+            if gone:
+                raise RuntimeError(
+                    f"keras_policy_ext cannot patch Keras {keras.__version__}: missing "
+                    f"{', '.join(gone)} (verified on Keras {', '.join(VERIFIED_KERAS)})."
+                )
+            try:
+                for path, attr, replacement in self.targets:
+                    target = resolve(path)
+                    original = getattr(target, attr)
+                    if isinstance(replacement, Patches.wrap):
+                        replacement = replacement.make(original)
+                    setattr(target, attr, replacement)
+                    self._applied[(path, attr)] = (target, original, replacement)
+            except BaseException:
+                self._revert()
+                raise
+
+    def revert(self) -> None:
+        """Puts Keras's functions back where kpe's still stand; a later patch stays."""
+        with self._lock:
+            self._revert()
+
+    def _revert(self) -> None:
+        for (_, attr), (target, original, replacement) in self._applied.items():
+            if getattr(target, attr, None) is replacement:
+                setattr(target, attr, original)
+        self._applied.clear()

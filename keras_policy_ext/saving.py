@@ -6,6 +6,12 @@
 placed (the others, such as the float32 outputs of `with_float32_outputs`,
 keep their stored policies), or retargets it to the policy or rules it is
 given.
+
+Loading never imports a module because a file names it: a rule's layer
+class is looked up among Keras's layers, registered classes and
+`custom_objects` (`keras_policy_ext.rules`); only `safe_mode=False`, for a
+file the user trusts, imports what it names. A corrupt side file is a
+`ValueError` naming the file and the entry.
 """
 
 from __future__ import annotations
@@ -13,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 import keras
 
 from keras_policy_ext import plugin
-from keras_policy_ext.retarget import _config_names, retarget
-from keras_policy_ext.rules import Rules, owner_of
+from keras_policy_ext.retarget import _as_target, _config_names, retarget
+from keras_policy_ext.rules import Rule, Rules, _resolving, owner_of
 
 RULES_FILE = "keras_policy_ext.json"
 
@@ -44,6 +51,9 @@ def rules_of(model: keras.layers.Layer) -> Rules | None:
 def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | None = None) -> None:
     """`model.save(filepath)`, with `rules` (default: `rules_of(model)`) stored in the file.
 
+    Rules are stored only in a `.keras` file (another path is a
+    `ValueError`).
+
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> rules = kpe.rules.FLOAT32_NUMERICS
     >>> with kpe.installed(), kpe.config.policy_scope("mixed_float16", rules=rules):
@@ -58,16 +68,35 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | N
     >>> softmax.dtype_policy  # inside the attention layer: placed by the stored rules
     <DTypePolicy "float32">
     """
-    model.save(filepath)
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Invalid model={model!r} (of type {type(model).__name__}): expected a keras.Model."
+        )
+    if rules is not None and not isinstance(rules, Rules):
+        raise TypeError(
+            f"Invalid rules={rules!r} (of type {type(rules).__name__}): expected "
+            "keras_policy_ext.Rules or None."
+        )
     built_under = rules_of(model)
     rules = rules if rules is not None else built_under
+    keras_file = os.fspath(filepath).endswith(".keras")
+    if rules is not None and not keras_file:
+        raise ValueError(
+            f"Cannot store rules in {os.fspath(filepath)!r}: only a .keras file carries "
+            "them; save to a path ending in .keras."
+        )
+    model.save(filepath)
+    entries = {}
     if rules is not None:
         # In a model built under rules, the layers they did not place keep
         # their own policies on reload.
         unplaced = {l.name for l in plugin.sublayers(model) if owner_of(l.dtype_policy) is None}
         keep = [] if built_under is None else sorted(unplaced & _config_names(model.get_config()))
+        entries[RULES_FILE] = json.dumps({"rules": rules.get_config(), "keep": keep})
+    if entries:
         with zipfile.ZipFile(filepath, "a") as archive:
-            archive.writestr(RULES_FILE, json.dumps({"rules": rules.get_config(), "keep": keep}))
+            for name, data in entries.items():
+                archive.writestr(name, data)
 
 
 def load_model(
@@ -75,13 +104,15 @@ def load_model(
     policy: keras.DTypePolicy | str | Rules | None = None,
     **kwargs: Any,
 ) -> keras.Model:
-    """Loads a `.keras` file, placing its layers by `policy` or by its stored rules.
+    """Loads a model file, placing its layers by `policy` or by its stored rules.
 
     `policy` (a policy or `Rules`) retargets the loaded model to it; `None`
     re-applies the rules `save_model` stored, if any, to the layers they
     placed (else the model is returned as Keras loads it; files written
     before kpe stored the other layers' names get the rules on every
-    layer). `kwargs` go to `keras.saving.load_model`.
+    layer). `kwargs` go to `keras.saving.load_model`; its `custom_objects`
+    and `safe_mode` also govern the stored rules' layer classes. A `.keras`
+    file, or any other file Keras loads (`.h5`).
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):
@@ -92,23 +123,103 @@ def load_model(
     >>> served.layers[0].dtype_policy
     <DTypePolicy "mixed_bfloat16">
     """
+    target = None if policy is None else _as_target(policy)
+    stored = None
+    if target is None:
+        stored = _stored(filepath, kwargs.get("custom_objects"), kwargs.get("safe_mode", True))
     model = keras.saving.load_model(filepath, **kwargs)
-    if policy is not None:
-        return retarget(model, policy)
-    stored = _stored(filepath)
+    if target is not None:
+        return retarget(model, target)
     if stored is None:
         return model
-    return retarget(model, Rules.from_config(stored["rules"]), keep=stored.get("keep", ()))
+    rules, keep = stored
+    missing = sorted(set(keep) - _config_names(model.get_config()))
+    if missing:
+        raise _invalid(filepath, "keep", f"no layer named {missing} in the model")
+    return retarget(model, rules, keep=keep)
 
 
-def stored_rules(filepath: str | os.PathLike) -> Rules | None:
-    """The rules `save_model` stored in a `.keras` file, or `None`."""
-    stored = _stored(filepath)
-    return None if stored is None else Rules.from_config(stored["rules"])
+def stored_rules(
+    filepath: str | os.PathLike,
+    *,
+    custom_objects: Mapping[str, Any] | None = None,
+    safe_mode: bool = True,
+) -> Rules | None:
+    """The rules `save_model` stored in a model file, or `None`.
+
+    `custom_objects` and `safe_mode` resolve the rules' layer classes as in
+    `load_model`.
+
+    >>> import os, tempfile, keras, keras_policy_ext as kpe
+    >>> rules = kpe.rules.FLOAT32_NUMERICS.with_default("mixed_bfloat16")
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.LayerNormalization()])
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     kpe.save_model(model, os.path.join(tmp, "m.keras"), rules=rules)
+    ...     kpe.saving.stored_rules(os.path.join(tmp, "m.keras")) == rules
+    True
+    """
+    stored = _stored(filepath, custom_objects, safe_mode)
+    return None if stored is None else stored[0]
 
 
-def _stored(filepath: str | os.PathLike) -> dict | None:
+def _invalid(filepath: str | os.PathLike, entry: str, why: str) -> ValueError:
+    return ValueError(
+        f"Invalid {RULES_FILE} in {os.fspath(filepath)!r}: entry {entry!r}: {why}. "
+        "The file is corrupt or was not written by keras_policy_ext.save_model; "
+        "load it with keras.saving.load_model to ignore its rules."
+    )
+
+
+def _stored(
+    filepath: str | os.PathLike, custom_objects: Any, safe_mode: Any
+) -> tuple[Rules, list[str]] | None:
+    """The stored rules and kept layer names, or `None` for a file without them."""
+    if not (os.path.isfile(filepath) and zipfile.is_zipfile(filepath)):
+        return None  # Keras says what it makes of the path
     with zipfile.ZipFile(filepath) as archive:
         if RULES_FILE not in archive.namelist():
             return None
-        return json.loads(archive.read(RULES_FILE))
+        raw = archive.read(RULES_FILE)
+    try:
+        stored = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _invalid(filepath, RULES_FILE, f"not valid JSON ({e})") from None
+    if not isinstance(stored, dict):
+        raise _invalid(filepath, RULES_FILE, f"expected a JSON object, got {stored!r}")
+    config = _entry(filepath, stored, "rules", dict, "rules")
+    rule_configs = _entry(filepath, config, "rules", list, "rules.rules")
+    rules = []
+    with _resolving(custom_objects, safe_mode):
+        for i, rule_config in enumerate(rule_configs):
+            entry = f"rules.rules[{i}]"
+            if not isinstance(rule_config, dict) or not isinstance(rule_config.get("policy"), str):
+                raise _invalid(
+                    filepath, entry, f"expected an object with a 'policy' name, got {rule_config!r}"
+                )
+            try:
+                rules.append(Rule.from_config(rule_config))
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise _invalid(filepath, entry, f"{rule_config!r}: {e}") from None
+    default = config.get("default")
+    try:
+        Rules([], default)
+    except (TypeError, ValueError) as e:
+        raise _invalid(filepath, "rules.default", f"{default!r}: {e}") from None
+    try:
+        found = Rules(rules, default)
+    except (TypeError, ValueError) as e:
+        raise _invalid(filepath, "rules.rules", str(e)) from None
+    keep = stored.get("keep", [])
+    if not isinstance(keep, list) or not all(isinstance(name, str) for name in keep):
+        raise _invalid(filepath, "keep", f"expected a list of layer names, got {keep!r}")
+    return found, keep
+
+
+def _entry(filepath: str | os.PathLike, config: dict, key: str, kind: type, entry: str) -> Any:
+    if key not in config:
+        raise _invalid(filepath, entry, "missing")
+    value = config[key]
+    if not isinstance(value, kind):
+        expected = "an object" if kind is dict else "a list"
+        raise _invalid(filepath, entry, f"expected {expected}, got {value!r}")
+    return value

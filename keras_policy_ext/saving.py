@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -29,6 +30,10 @@ from keras_policy_ext.retarget import _as_target, _config_names, retarget
 from keras_policy_ext.rules import Rule, Rules, _resolving, owner_of
 
 RULES_FILE = "keras_policy_ext.json"
+# The key of the note `save_model` adds to config.json when a layer has a
+# policy Keras cannot rebuild from its name: Keras's own loader shows it in
+# its error (it prints the config it failed on) and otherwise ignores it.
+NOTE_KEY = "keras_policy_ext"
 
 
 def rules_of(model: keras.layers.Layer) -> Rules | None:
@@ -52,7 +57,10 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | N
     """`model.save(filepath)`, with `rules` (default: `rules_of(model)`) stored in the file.
 
     Rules are stored only in a `.keras` file (another path is a
-    `ValueError`).
+    `ValueError`). When a layer's policy has a name Keras cannot parse (a
+    role name such as `"params=bfloat16,compute=float32"`), the file also
+    carries a note that Keras's own loader shows when it fails on it:
+    load such a file with `keras_policy_ext.load_model`.
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> rules = kpe.rules.FLOAT32_NUMERICS
@@ -93,7 +101,10 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | N
         unplaced = {l.name for l in plugin.sublayers(model) if owner_of(l.dtype_policy) is None}
         keep = [] if built_under is None else sorted(unplaced & _config_names(model.get_config()))
         entries[RULES_FILE] = json.dumps({"rules": rules.get_config(), "keep": keep})
-    if entries:
+    unnamed = _names_keras_cannot_parse(model)
+    if unnamed and keras_file:
+        _rewrite(filepath, entries, note=_note(unnamed))
+    elif entries:
         with zipfile.ZipFile(filepath, "a") as archive:
             for name, data in entries.items():
                 archive.writestr(name, data)
@@ -111,8 +122,10 @@ def load_model(
     placed (else the model is returned as Keras loads it; files written
     before kpe stored the other layers' names get the rules on every
     layer). `kwargs` go to `keras.saving.load_model`; its `custom_objects`
-    and `safe_mode` also govern the stored rules' layer classes. A `.keras`
-    file, or any other file Keras loads (`.h5`).
+    and `safe_mode` also govern the stored rules' layer classes. Keras
+    loads the model with the plugin installed (`keras_policy_ext.installed()`),
+    so every policy name kpe writes, role names included, comes back as a
+    kpe policy. A `.keras` file, or any other file Keras loads (`.h5`).
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):
@@ -127,7 +140,8 @@ def load_model(
     stored = None
     if target is None:
         stored = _stored(filepath, kwargs.get("custom_objects"), kwargs.get("safe_mode", True))
-    model = keras.saving.load_model(filepath, **kwargs)
+    with plugin.installed():
+        model = keras.saving.load_model(filepath, **kwargs)
     if target is not None:
         return retarget(model, target)
     if stored is None:
@@ -223,3 +237,49 @@ def _entry(filepath: str | os.PathLike, config: dict, key: str, kind: type, entr
         expected = "an object" if kind is dict else "a list"
         raise _invalid(filepath, entry, f"expected {expected}, got {value!r}")
     return value
+
+
+def _names_keras_cannot_parse(model: keras.Model) -> list[str]:
+    """The names of the model's float policies that Keras's own `DTypePolicy` rejects."""
+    names = set()
+    for layer in [model, *plugin.sublayers(model)]:
+        policy = layer.dtype_policy
+        if policy.quantization_mode is not None or isinstance(
+            policy, keras.dtype_policies.DTypePolicyMap
+        ):
+            continue
+        try:
+            keras.DTypePolicy(policy.name)
+        except (TypeError, ValueError):
+            names.add(policy.name)
+    return sorted(names)
+
+
+def _note(names: list[str]) -> str:
+    return (
+        f"This model has dtype policies Keras cannot rebuild layers from ({names}): load "
+        "it with keras_policy_ext.load_model(path), or with keras.saving.load_model "
+        "inside `with keras_policy_ext.installed():`."
+    )
+
+
+def _rewrite(filepath: str | os.PathLike, entries: dict[str, str], note: str) -> None:
+    """Rewrites the `.keras` zip with `entries` added and `note` in its config.json."""
+    directory = os.path.dirname(os.path.abspath(filepath))
+    with zipfile.ZipFile(filepath) as archive:
+        infos = [(info, archive.read(info)) for info in archive.infolist()]
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for info, data in infos:
+                if info.filename == "config.json":
+                    # First, so that Keras's error shows it before the rest.
+                    data = json.dumps({NOTE_KEY: note, **json.loads(data)}).encode()
+                archive.writestr(info, data)
+            for name, text in entries.items():
+                archive.writestr(name, text)
+        os.replace(tmp, filepath)
+    except BaseException:
+        os.remove(tmp)
+        raise

@@ -148,3 +148,92 @@ def test_bad_keep_is_a_clear_error(keep, error, words):
         kpe.retarget(model, "float32", keep=keep)
     assert all(w in str(raised.value) for w in words), str(raised.value)
     assert kpe.config.dtype_policy() == kpe.DTypePolicy("float32")  # global state untouched
+
+
+ROLE = "p=bf16,c=f32"  # a policy Keras has no name for
+
+
+@pytest.mark.parametrize("name", ["sequential_mlp", "functional_conv", "attention", "subclassed"])
+def test_retarget_from_and_to_a_role_named_policy(name):
+    with kpe.config.policy_scope(ROLE):
+        model = BUILDERS[name]()
+    x, _ = data(name, n=4)
+    exported = kpe.retarget(model, "float32")
+    assert all(p.name == "float32" for p in layer_policies(exported))
+    # bfloat16 variables widen to float32 exactly: the same float32 computation.
+    np.testing.assert_allclose(as_numpy(exported(x)), as_numpy(model(x)), rtol=1e-6, atol=1e-6)
+    back = kpe.retarget(exported, ROLE)
+    assert all(p == kpe.DTypePolicy(ROLE) for p in layer_policies(back))
+    np.testing.assert_array_equal(as_numpy(back(x)), as_numpy(model(x)))
+    assert not kpe.is_installed()
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        "int32",
+        "bool",
+        kpe.Rules([kpe.Rule("int8", layer=keras.layers.Dense)], default="float32"),
+    ],
+    ids=["int32", "bool", "rules_with_int8"],
+)
+def test_retarget_to_a_policy_that_cannot_hold_the_weights_is_a_value_error(policy):
+    with kpe.config.policy_scope("float32"):
+        model = BUILDERS["sequential_mlp"]()
+    with pytest.raises(ValueError) as raised:
+        kpe.retarget(model, policy)
+    message = str(raised.value)
+    assert "cannot hold" in message and repr(model.name) in message, message
+    assert kpe.config.dtype_policy() == kpe.DTypePolicy("float32")
+    assert not kpe.is_installed()
+
+
+def test_retarget_that_would_overflow_a_weight_is_a_value_error():
+    with kpe.config.policy_scope("float32"):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, name="big")])
+    model.layers[0].kernel.assign(np.full((2, 2), 1e5, "float32"))  # above float16's 65504
+    with pytest.raises(ValueError) as raised:
+        kpe.retarget(model, "float16")
+    assert "big/kernel" in str(raised.value) and "float16" in str(raised.value)
+    assert kpe.retarget(model, "mixed_float16").layers[0].kernel.dtype == "float32"
+
+
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda m: kpe.retarget(5, "float32"), ["model=5", "keras.Model"]),
+        (lambda m: kpe.retarget(None, "float32"), ["model=None", "keras.Model"]),
+        (lambda m: kpe.retarget(keras.layers.Dense(2), "float32"), ["Dense", "keras.Model"]),
+        (lambda m: kpe.retarget(m, 5), ["policy=5", "Rules"]),
+        (lambda m: kpe.retarget(m, ["float32"]), ["policy=['float32']", "Rules"]),
+        (lambda m: kpe.retarget(m, "float32", keep=5), ["keep=5", "collection of layer names"]),
+        (lambda m: kpe.retarget(m, "float32", keep=[5]), ["keep=[5]", "collection of layer names"]),
+    ],
+)
+def test_bad_arguments_of_retarget_are_type_errors(call, words):
+    with kpe.config.policy_scope("mixed_float16"):
+        model = BUILDERS["sequential_mlp"]()
+    with pytest.raises(TypeError) as raised:
+        call(model)
+    assert all(w in str(raised.value) for w in words), str(raised.value)
+    assert kpe.config.dtype_policy() == kpe.DTypePolicy("float32")
+
+
+@pytest.mark.parametrize(
+    "policy, words",
+    [
+        ("params=float32,compute=int32", ["compute dtype int32", "cannot run float layers"]),
+        ("int8_from_float32", ["quantized", "model.quantize('int8')"]),
+        (
+            keras.dtype_policies.DTypePolicyMap(default_policy="float32"),
+            ["DTypePolicyMap", "Rules.from_dtype_policy_map"],
+        ),
+    ],
+    ids=["int_compute", "quantized", "policy_map"],
+)
+def test_retarget_to_a_policy_it_cannot_place_is_a_value_error(policy, words):
+    with kpe.config.policy_scope("float32"):
+        model = BUILDERS["sequential_mlp"]()
+    with pytest.raises(ValueError) as raised:
+        kpe.retarget(model, policy)
+    assert all(w in str(raised.value) for w in words), str(raised.value)

@@ -63,3 +63,57 @@ def test_load_a_model_saved_on_another_backend(source):
     assert keras.backend.standardize_dtype(y.dtype) == "bfloat16"
     # bfloat16 keeps 8 significant bits: backends may round differently.
     np.testing.assert_allclose(as_numpy(y), saved["y"], rtol=0.05, atol=0.02)
+
+
+# Policies Keras has no name for: float32 compute over bfloat16 variables;
+# for the LSTM, whose orthogonal initializer needs a QR in the variable dtype
+# (none in bfloat16 on JAX CPU, torch CPU nor TensorFlow), float64 compute
+# over float32 variables.
+ROLES = {name: "p=bf16,c=f32" for name in BUILDERS} | {"embedding_lstm": "p=f32,c=f64"}
+
+
+@pytest.mark.parametrize("save", ["model.save", "kpe.save_model"])
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_a_role_named_policy_reloads_through_kpe_load_model(name, save, tmp_path):
+    role = kpe.DTypePolicy(ROLES[name])
+    with kpe.config.policy_scope(role):
+        model = BUILDERS[name]()
+    policies = layer_policies(model)
+    assert policies and all(p.name == role.name and "=" in p.name for p in policies)
+    path = tmp_path / "model.keras"
+    model.save(path) if save == "model.save" else kpe.save_model(model, path)
+    x, _ = data(name, n=4)
+
+    loaded = kpe.load_model(path)
+    assert [(type(p), p.name) for p in layer_policies(loaded)] == [
+        (kpe.DTypePolicy, p.name) for p in policies
+    ]
+    np.testing.assert_array_equal(as_numpy(loaded(x)), as_numpy(model(x)))
+    assert not kpe.is_installed()  # kpe.load_model leaves the plugin as it was
+
+    if name == "subclassed":
+        # Its config gives its constructor the policy's config, which Keras
+        # deserializes to a kpe policy object: plain Keras loads it.
+        assert layer_policies(keras.saving.load_model(path)) == policies
+        return
+    # Keras's Operation.from_config rebuilds a stock layer from its policy's
+    # *name*, which Keras cannot parse: plain Keras fails, and says with what to load.
+    with pytest.raises(TypeError) as raised:
+        keras.saving.load_model(path)
+    assert "keras_policy_ext" in str(raised.value)
+    if save == "kpe.save_model":
+        assert "keras_policy_ext.load_model" in str(raised.value)
+    with kpe.installed():
+        again = keras.saving.load_model(path)
+    assert layer_policies(again) == policies
+
+
+def test_a_bad_policy_argument_of_load_model_is_a_clear_error(tmp_path):
+    with kpe.config.policy_scope("mixed_float16"):
+        model = BUILDERS["sequential_mlp"]()
+    path = tmp_path / "model.keras"
+    model.save(path)
+    with pytest.raises(TypeError, match=r"policy=5 \(of type int\)"):
+        kpe.load_model(path, 5)
+    with pytest.raises(ValueError, match="'mixed_float33'"):
+        kpe.load_model(path, "mixed_float33")

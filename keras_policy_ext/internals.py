@@ -128,6 +128,13 @@ def set_policy_fields(
         object.__setattr__(policy, field, value)
 
 
+def keras_safe_mode() -> bool | None:
+    """Keras's safe-mode flag of the load in progress (`None`: no load sets it)."""
+    from keras.src.saving.serialization_lib import in_safe_mode
+
+    return in_safe_mode()
+
+
 def allowed_dtypes() -> tuple[str, ...]:
     """The dtype names Keras accepts (`keras.src.backend.common.dtypes.ALLOWED_DTYPES`)."""
     from keras.src.backend.common.dtypes import ALLOWED_DTYPES
@@ -227,6 +234,12 @@ INTERNALS: tuple[Internal, ...] = (
         "kpe's DTypePolicy is a keras.DTypePolicy that parses names itself: Keras's "
         "own methods read these fields (`set_policy_fields`)",
         lambda: set(POLICY_FIELDS) <= set(vars(keras.DTypePolicy("float32"))),
+    ),
+    Internal(
+        "keras.src.saving.serialization_lib.in_safe_mode",
+        "a rule's layer class is imported only when Keras loads with safe_mode=False "
+        "(`keras_safe_mode`)",
+        _imports(keras_safe_mode),
     ),
     Internal(
         "keras.src.backend.common.dtypes.ALLOWED_DTYPES",

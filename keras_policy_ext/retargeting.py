@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import keras
@@ -35,14 +34,14 @@ def _replace_policies(
     return out
 
 
-def _config_names(node: Any) -> set[str]:
+def config_layer_names(node: Any) -> set[str]:
     """The names of the layers with a policy in a model config (`InputLayer`s aside)."""
     if isinstance(node, list):
-        return set().union(*map(_config_names, node))
+        return set().union(*map(config_layer_names, node))
     if not isinstance(node, dict) or node.get("class_name") == "InputLayer":
         return set()
     own = {node["name"]} if "dtype" in node and isinstance(node.get("name"), str) else set()
-    return own.union(*map(_config_names, node.values()))
+    return own.union(*map(config_layer_names, node.values()))
 
 
 def _is_float_policy(value: Any) -> bool:
@@ -76,6 +75,11 @@ def retarget(
     `from_config`). The weights are carried over, cast to the new variable
     dtypes; `model` is untouched. The new model is not compiled.
 
+    A policy whose variable dtype cannot hold float weights (`"int32"`),
+    or a cast that would turn a finite weight into inf or nan (float32
+    weights above 65504 into float16), is a `ValueError`; an argument of
+    the wrong type is a `TypeError`.
+
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):
     ...     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -90,24 +94,33 @@ def retarget(
     >>> served = kpe.retarget(wrapped, "bfloat16", keep=[wrapped.layers[-1].name])
     >>> [layer.dtype_policy.name for layer in served.layers[1:]]
     ['bfloat16', 'float32']
+    >>> kpe.retarget(model, "int32")
+    Traceback (most recent call last):
+    ...
+    ValueError: Cannot retarget 'sequential...' to 'int32': its variable dtype int32 cannot hold ...
     """
-    if isinstance(keep, str):
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Invalid model={model!r} (of type {type(model).__name__}): expected a "
+            "keras.Model (Sequential, functional or subclassed) to retarget."
+        )
+    if isinstance(keep, str) or not isinstance(keep, Iterable):
         raise TypeError(f"Invalid keep={keep!r}: expected a collection of layer names, not a str.")
-    names = _config_names(model.get_config()) if keep else set()
+    keep = list(keep)
+    if not all(isinstance(name, str) for name in keep):
+        raise TypeError(f"Invalid keep={keep!r}: expected a collection of layer names (str).")
+    target = as_target(policy)
+    _check_holds(model, target)
+    names = config_layer_names(model.get_config()) if keep else set()
     if set(keep) - names:
         raise ValueError(
             f"Invalid keep: no layer named {sorted(set(keep) - names)} in {model.name!r}; "
             f"its layers: {sorted(names)}."
         )
-    if isinstance(policy, Rules):
-        if policy.default is None:
-            raise ValueError("Cannot retarget to rules without a default: give Rules(default=...).")
-        scope = _rules_scope(policy)
-        placed = None
-    else:
-        placed = as_policy(policy)
-        scope = config.policy_scope(placed)
-    with scope:
+    placed = None if isinstance(target, Rules) else target
+    # The plugin parses every policy name kpe writes, role names included
+    # (Keras's `Operation.from_config` rebuilds stock layers from the name).
+    with plugin.installed(), config.policy_scope(placed, rules=_rules_of(target)):
         try:
             model_config = _replace_policies(model.get_config(), placed, keep)
             new = type(model).from_config(model_config)
@@ -129,11 +142,71 @@ def retarget(
             "a subclassed model must rebuild itself from get_config()."
         )
     for old, fresh in zip(old_weights, new_weights):
-        fresh.assign(ops.cast(old.value, fresh.dtype))
+        value = ops.cast(old.value, fresh.dtype)
+        if _overflows(old, value):
+            raise ValueError(
+                f"Cannot retarget {model.name!r}: weight {old.path!r} has finite values "
+                f"that {keras.backend.standardize_dtype(fresh.dtype)} cannot hold (they "
+                "would become inf or nan); keep its layer in a wider policy (keep=[...] "
+                "or a rule)."
+            )
+        fresh.assign(value)
     return new
 
 
-@contextlib.contextmanager
-def _rules_scope(rules: Rules) -> Iterator[None]:
-    with plugin.installed(), config.policy_scope(rules=rules):
-        yield
+def as_target(policy: Any) -> keras.DTypePolicy | Rules:
+    """`policy` checked as a retarget target: a float policy, or rules with a default."""
+    if isinstance(policy, Rules):
+        if policy.default is None:
+            raise ValueError("Cannot retarget to rules without a default: give Rules(default=...).")
+        return policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        raise ValueError(
+            f"Cannot retarget to a DTypePolicyMap ({policy!r}): give "
+            "keras_policy_ext.Rules.from_dtype_policy_map(policy) instead."
+        )
+    if not isinstance(policy, (str, keras.DTypePolicy)):
+        raise TypeError(
+            f"Invalid policy={policy!r} (of type {type(policy).__name__}): expected a "
+            "policy name such as 'mixed_bfloat16', a keras.DTypePolicy, or "
+            "keras_policy_ext.Rules."
+        )
+    placed = as_policy(policy)
+    if placed.quantization_mode is not None:
+        raise ValueError(
+            f"Cannot retarget to the quantized policy {placed.name!r}: quantize the "
+            f"model with model.quantize({placed.quantization_mode!r}) instead."
+        )
+    return placed
+
+
+def _rules_of(target: keras.DTypePolicy | Rules) -> Rules | None:
+    return target if isinstance(target, Rules) else None
+
+
+def _check_holds(model: keras.Model, target: keras.DTypePolicy | Rules) -> None:
+    """A `ValueError` if a policy `target` places cannot hold or run float layers."""
+    if isinstance(target, Rules):
+        policies = [rule.policy for rule in target.rules] + [target.default]
+    else:
+        policies = [target]
+    for policy in policies:
+        variable, compute = policy.variable_dtype, policy.compute_dtype
+        if not keras.backend.is_float_dtype(variable):
+            why = f"its variable dtype {variable} cannot hold the model's float weights"
+        elif not keras.backend.is_float_dtype(compute):
+            why = f"its compute dtype {compute} cannot run float layers"
+        else:
+            continue
+        raise ValueError(
+            f"Cannot retarget {model.name!r} to {policy.name!r}: {why}; give a float "
+            "policy such as 'float32', 'mixed_bfloat16' or 'mixed_float16'."
+        )
+
+
+def _overflows(old: Any, value: Any) -> bool:
+    """Whether casting `old` (a variable) to `value` turned a finite value non-finite."""
+    if not (keras.backend.is_float_dtype(old.dtype) and keras.backend.is_float_dtype(value.dtype)):
+        return False
+    lost = ops.logical_and(ops.isfinite(old.value), ops.logical_not(ops.isfinite(value)))
+    return bool(ops.convert_to_numpy(ops.any(lost)))

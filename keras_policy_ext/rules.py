@@ -20,16 +20,20 @@ call, eagerly and symbolically.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import fnmatch
+import functools
 import importlib
 import re
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import keras
 
+from keras_policy_ext import internals
 from keras_policy_ext.policy import QUANTIZED_MARK, DTypePolicy, from_name
 
 # Each `Rules` makes its own policy objects and links each to it (attribute
@@ -223,16 +227,137 @@ def _policy_key(policy: keras.DTypePolicy) -> Any:
     return policy if isinstance(policy, DTypePolicy) else (type(policy).__name__, policy.name)
 
 
-def _class_path(cls: type) -> str:
+# A rule's `layer` is written as Keras serializes a class: a registered class
+# by its registered name ("package>Name"), a Keras layer by its public name
+# ("keras.layers.Dense"), any other class by "module:Qualname" (what older
+# versions wrote for every class). Reading one never imports a module the
+# text names, unless the file is trusted (`safe_mode=False`): it is looked up
+# among Keras's public layers, registered classes and custom objects.
+_KERAS_NAMESPACES = ("keras.layers", "keras", "keras.models")
+# `(custom_objects, safe_mode)` of the load in progress (`resolving_classes`).
+_RESOLVING: contextvars.ContextVar[tuple[dict, bool | None]] = contextvars.ContextVar(
+    "keras_policy_ext_resolving", default=({}, None)
+)
+
+
+@functools.cache
+def _keras_layers() -> dict[str, type]:
+    """Keras's public layer classes by public name, canonical names first."""
+    found: dict[str, type] = {}
+    for namespace in _KERAS_NAMESPACES:
+        module: Any = keras
+        for part in namespace.split(".")[1:]:
+            module = vars(module)[part]
+        for attr, value in vars(module).items():
+            if isinstance(value, type) and issubclass(value, keras.layers.Layer):
+                found.setdefault(f"{namespace}.{attr}", value)
+    return found
+
+
+def _old_path(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def _import_class(path: str) -> type:
-    module, _, qualname = path.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
+def _class_path(cls: type) -> str:
+    """How a rule's config names its layer class (see `_resolve_class`)."""
+    registered = keras.saving.get_registered_name(cls)
+    if ">" in registered and keras.saving.get_registered_object(registered) is cls:
+        return registered
+    public = [name for name, found in _keras_layers().items() if found is cls]
+    exact = [name for name in public if name.rpartition(".")[2] == cls.__name__]
+    return (exact or public or [_old_path(cls)])[0]
+
+
+@contextlib.contextmanager
+def resolving_classes(
+    custom_objects: Mapping[str, Any] | None = None, safe_mode: bool | None = None
+) -> Iterator[None]:
+    """Resolves rules' layer classes also among `custom_objects`, under `safe_mode`.
+
+    `safe_mode=None` follows Keras (its `deserialize_keras_object` scope,
+    `keras.config.enable_unsafe_deserialization()`), else safe; Keras's
+    global switch, when set, wins, as in Keras.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> class Mine(keras.layers.Dense):
+    ...     pass
+    >>> config = {"rules": [{"policy": "float32", "layer": "Mine"}], "default": None}
+    >>> with kpe.rules.resolving_classes(custom_objects={"Mine": Mine}):
+    ...     kpe.Rules.from_config(config)
+    Rules([Rule('float32', layer=Mine)])
+    """
+    if custom_objects is not None and not isinstance(custom_objects, Mapping):
+        raise TypeError(
+            f"Invalid custom_objects={custom_objects!r}: expected a dict of names to classes."
+        )
+    token = _RESOLVING.set((dict(custom_objects or {}), safe_mode))
+    try:
+        yield
+    finally:
+        _RESOLVING.reset(token)
+
+
+def _safe_mode() -> bool:
+    flag = internals.keras_safe_mode()  # set by deserialize_keras_object and load_model
+    if flag is None:
+        flag = _RESOLVING.get()[1]
+    return flag is not False
+
+
+def _resolve_class(text: Any) -> type:
+    """The layer class a rule's config names, among the classes the user trusts.
+
+    Keras's public layers, classes registered with
+    `keras.saving.register_keras_serializable` and custom objects (given to
+    the loading function, `resolving_classes`, or `keras.saving.custom_object_scope`)
+    are looked up by name, or by the `module:Qualname` older versions
+    wrote; a module is imported only when the file is trusted
+    (`safe_mode=False`).
+    """
+    if not isinstance(text, str) or not text:
+        raise ValueError(
+            f"Invalid layer={text!r} in a rule's config: expected a layer class name such "
+            "as 'keras.layers.Dense', 'package>Name' or 'module:Qualname'."
+        )
+    custom = _RESOLVING.get()[0]
+    module, colon, qualname = text.partition(":")
+    if colon:  # as older versions wrote every class
+        trusted = [*custom.values(), *_keras_layers().values()]
+        trusted += keras.saving.get_custom_objects().values()
+        trusted.append(keras.saving.get_registered_object(qualname.rpartition(".")[2]))
+        found = next((c for c in trusted if isinstance(c, type) and _old_path(c) == text), None)
+        if found is None and not _safe_mode():
+            found = _import_trusted(module, qualname)
+    else:
+        found = custom.get(text) or _keras_layers().get(text)
+        found = found or keras.saving.get_registered_object(text)
+    if isinstance(found, type) and issubclass(found, keras.layers.Layer):
+        return found
+    if colon and not _safe_mode():
+        raise ValueError(
+            f"Cannot resolve the layer class {text!r} of a rule: with safe_mode=False, "
+            f"importing {module!r} gave no keras.layers.Layer subclass {qualname!r}."
+        )
+    name = (qualname if colon else text).rpartition(".")[2].rpartition(">")[2]
+    raise ValueError(
+        f"Cannot resolve the layer class {text!r} of a rule: it is not a Keras layer, "
+        "nor a layer class registered with keras.saving.register_keras_serializable "
+        "or given in custom_objects, and loading never imports a module a file names. "
+        "Register the class (and import its module before loading), pass "
+        f"custom_objects={{{name!r}: {name}}} to the loading function, or, for a file "
+        "you trust, load it with safe_mode=False (which imports the module it names)."
+    )
+
+
+def _import_trusted(module: str, qualname: str) -> Any:
+    """What `module:qualname` names, importing `module`: for trusted files only."""
+    try:
+        found: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError):
+        return None
+    return found
 
 
 @dataclasses.dataclass(frozen=True, eq=True)
@@ -317,7 +442,7 @@ class Rule:
         layer, name, path = (config.get(k) for k in ("layer", "name", "path"))
         return cls(
             config["policy"],
-            layer=None if layer is None else _import_class(layer),
+            layer=None if layer is None else _resolve_class(layer),
             name=None if name is None else Pattern.from_config(name),
             path=None if path is None else Pattern.from_config(path),
             reason=config.get("reason", ""),

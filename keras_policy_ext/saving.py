@@ -6,22 +6,35 @@
 placed (the others, such as the float32 outputs of `with_float32_outputs`,
 keep their stored policies), or retargets it to the policy or rules it is
 given.
+
+Loading never imports a module because a file names it: a rule's layer
+class is looked up among Keras's layers, registered classes and
+`custom_objects` (`keras_policy_ext.rules`); only `safe_mode=False`, for a
+file the user trusts, imports what it names. A corrupt side file is a
+`ValueError` naming the file and the entry.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import zipfile
+from collections.abc import Mapping
 from typing import Any
 
 import keras
 
+from keras_policy_ext import plugin
 from keras_policy_ext.models import sublayers
-from keras_policy_ext.retargeting import _config_names, retarget
-from keras_policy_ext.rules import Rules, owner_of
+from keras_policy_ext.retargeting import as_target, config_layer_names, retarget
+from keras_policy_ext.rules import Rule, Rules, owner_of, resolving_classes
 
 RULES_FILE = "keras_policy_ext.json"
+# The key of the note `save_model` adds to config.json when a layer has a
+# policy Keras cannot rebuild from its name: Keras's own loader shows it in
+# its error (it prints the config it failed on) and otherwise ignores it.
+NOTE_KEY = "keras_policy_ext"
 
 
 def rules_of(model: keras.layers.Layer) -> Rules | None:
@@ -44,6 +57,12 @@ def rules_of(model: keras.layers.Layer) -> Rules | None:
 def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | None = None) -> None:
     """`model.save(filepath)`, with `rules` (default: `rules_of(model)`) stored in the file.
 
+    Rules are stored only in a `.keras` file (another path is a
+    `ValueError`). When a layer's policy has a name Keras cannot parse (a
+    role name such as `"params=bfloat16,compute=float32"`), the file also
+    carries a note that Keras's own loader shows when it fails on it:
+    load such a file with `keras_policy_ext.load_model`.
+
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> rules = kpe.rules.FLOAT32_NUMERICS
     >>> with kpe.installed(), kpe.config.policy_scope("mixed_float16", rules=rules):
@@ -58,16 +77,40 @@ def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | N
     >>> softmax.dtype_policy  # inside the attention layer: placed by the stored rules
     <DTypePolicy "float32">
     """
-    model.save(filepath)
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"Invalid model={model!r} (of type {type(model).__name__}): expected a keras.Model."
+        )
+    if rules is not None and not isinstance(rules, Rules):
+        raise TypeError(
+            f"Invalid rules={rules!r} (of type {type(rules).__name__}): expected "
+            "keras_policy_ext.Rules or None."
+        )
     built_under = rules_of(model)
     rules = rules if rules is not None else built_under
+    keras_file = os.fspath(filepath).endswith(".keras")
+    if rules is not None and not keras_file:
+        raise ValueError(
+            f"Cannot store rules in {os.fspath(filepath)!r}: only a .keras file carries "
+            "them; save to a path ending in .keras."
+        )
+    model.save(filepath)
+    entries = {}
     if rules is not None:
         # In a model built under rules, the layers they did not place keep
         # their own policies on reload.
         unplaced = {l.name for l in sublayers(model) if owner_of(l.dtype_policy) is None}
-        keep = [] if built_under is None else sorted(unplaced & _config_names(model.get_config()))
+        keep = (
+            [] if built_under is None else sorted(unplaced & config_layer_names(model.get_config()))
+        )
+        entries[RULES_FILE] = json.dumps({"rules": rules.get_config(), "keep": keep})
+    unnamed = _names_keras_cannot_parse(model)
+    if unnamed and keras_file:
+        _rewrite(filepath, entries, note=_note(unnamed))
+    elif entries:
         with zipfile.ZipFile(filepath, "a") as archive:
-            archive.writestr(RULES_FILE, json.dumps({"rules": rules.get_config(), "keep": keep}))
+            for name, data in entries.items():
+                archive.writestr(name, data)
 
 
 def load_model(
@@ -75,13 +118,17 @@ def load_model(
     policy: keras.DTypePolicy | str | Rules | None = None,
     **kwargs: Any,
 ) -> keras.Model:
-    """Loads a `.keras` file, placing its layers by `policy` or by its stored rules.
+    """Loads a model file, placing its layers by `policy` or by its stored rules.
 
     `policy` (a policy or `Rules`) retargets the loaded model to it; `None`
     re-applies the rules `save_model` stored, if any, to the layers they
     placed (else the model is returned as Keras loads it; files written
     before kpe stored the other layers' names get the rules on every
-    layer). `kwargs` go to `keras.saving.load_model`.
+    layer). `kwargs` go to `keras.saving.load_model`; its `custom_objects`
+    and `safe_mode` also govern the stored rules' layer classes. Keras
+    loads the model with the plugin installed (`keras_policy_ext.installed()`),
+    so every policy name kpe writes, role names included, comes back as a
+    kpe policy. A `.keras` file, or any other file Keras loads (`.h5`).
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):
@@ -92,23 +139,150 @@ def load_model(
     >>> served.layers[0].dtype_policy
     <DTypePolicy "mixed_bfloat16">
     """
-    model = keras.saving.load_model(filepath, **kwargs)
-    if policy is not None:
-        return retarget(model, policy)
-    stored = _stored(filepath)
+    target = None if policy is None else as_target(policy)
+    stored = None
+    if target is None:
+        stored = _stored(filepath, kwargs.get("custom_objects"), kwargs.get("safe_mode", True))
+    with plugin.installed():
+        model = keras.saving.load_model(filepath, **kwargs)
+    if target is not None:
+        return retarget(model, target)
     if stored is None:
         return model
-    return retarget(model, Rules.from_config(stored["rules"]), keep=stored.get("keep", ()))
+    rules, keep = stored
+    missing = sorted(set(keep) - config_layer_names(model.get_config()))
+    if missing:
+        raise _invalid(filepath, "keep", f"no layer named {missing} in the model")
+    return retarget(model, rules, keep=keep)
 
 
-def stored_rules(filepath: str | os.PathLike) -> Rules | None:
-    """The rules `save_model` stored in a `.keras` file, or `None`."""
-    stored = _stored(filepath)
-    return None if stored is None else Rules.from_config(stored["rules"])
+def stored_rules(
+    filepath: str | os.PathLike,
+    *,
+    custom_objects: Mapping[str, Any] | None = None,
+    safe_mode: bool = True,
+) -> Rules | None:
+    """The rules `save_model` stored in a model file, or `None`.
+
+    `custom_objects` and `safe_mode` resolve the rules' layer classes as in
+    `load_model`.
+
+    >>> import os, tempfile, keras, keras_policy_ext as kpe
+    >>> rules = kpe.rules.FLOAT32_NUMERICS.with_default("mixed_bfloat16")
+    >>> model = keras.Sequential([keras.Input((3,)), keras.layers.LayerNormalization()])
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     kpe.save_model(model, os.path.join(tmp, "m.keras"), rules=rules)
+    ...     kpe.saving.stored_rules(os.path.join(tmp, "m.keras")) == rules
+    True
+    """
+    stored = _stored(filepath, custom_objects, safe_mode)
+    return None if stored is None else stored[0]
 
 
-def _stored(filepath: str | os.PathLike) -> dict | None:
+def _invalid(filepath: str | os.PathLike, entry: str, why: str) -> ValueError:
+    return ValueError(
+        f"Invalid {RULES_FILE} in {os.fspath(filepath)!r}: entry {entry!r}: {why}. "
+        "The file is corrupt or was not written by keras_policy_ext.save_model; "
+        "load it with keras.saving.load_model to ignore its rules."
+    )
+
+
+def _stored(
+    filepath: str | os.PathLike, custom_objects: Any, safe_mode: Any
+) -> tuple[Rules, list[str]] | None:
+    """The stored rules and kept layer names, or `None` for a file without them."""
+    if not (os.path.isfile(filepath) and zipfile.is_zipfile(filepath)):
+        return None  # Keras says what it makes of the path
     with zipfile.ZipFile(filepath) as archive:
         if RULES_FILE not in archive.namelist():
             return None
-        return json.loads(archive.read(RULES_FILE))
+        raw = archive.read(RULES_FILE)
+    try:
+        stored = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _invalid(filepath, RULES_FILE, f"not valid JSON ({e})") from None
+    if not isinstance(stored, dict):
+        raise _invalid(filepath, RULES_FILE, f"expected a JSON object, got {stored!r}")
+    config = _entry(filepath, stored, "rules", dict, "rules")
+    rule_configs = _entry(filepath, config, "rules", list, "rules.rules")
+    rules = []
+    with resolving_classes(custom_objects, safe_mode):
+        for i, rule_config in enumerate(rule_configs):
+            entry = f"rules.rules[{i}]"
+            if not isinstance(rule_config, dict) or not isinstance(rule_config.get("policy"), str):
+                raise _invalid(
+                    filepath, entry, f"expected an object with a 'policy' name, got {rule_config!r}"
+                )
+            try:
+                rules.append(Rule.from_config(rule_config))
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                raise _invalid(filepath, entry, f"{rule_config!r}: {e}") from None
+    default = config.get("default")
+    try:
+        Rules([], default)
+    except (TypeError, ValueError) as e:
+        raise _invalid(filepath, "rules.default", f"{default!r}: {e}") from None
+    try:
+        found = Rules(rules, default)
+    except (TypeError, ValueError) as e:
+        raise _invalid(filepath, "rules.rules", str(e)) from None
+    keep = stored.get("keep", [])
+    if not isinstance(keep, list) or not all(isinstance(name, str) for name in keep):
+        raise _invalid(filepath, "keep", f"expected a list of layer names, got {keep!r}")
+    return found, keep
+
+
+def _entry(filepath: str | os.PathLike, config: dict, key: str, kind: type, entry: str) -> Any:
+    if key not in config:
+        raise _invalid(filepath, entry, "missing")
+    value = config[key]
+    if not isinstance(value, kind):
+        expected = "an object" if kind is dict else "a list"
+        raise _invalid(filepath, entry, f"expected {expected}, got {value!r}")
+    return value
+
+
+def _names_keras_cannot_parse(model: keras.Model) -> list[str]:
+    """The names of the model's float policies that Keras's own `DTypePolicy` rejects."""
+    names = set()
+    for layer in [model, *sublayers(model)]:
+        policy = layer.dtype_policy
+        if policy.quantization_mode is not None or isinstance(
+            policy, keras.dtype_policies.DTypePolicyMap
+        ):
+            continue
+        try:
+            keras.DTypePolicy(policy.name)
+        except (TypeError, ValueError):
+            names.add(policy.name)
+    return sorted(names)
+
+
+def _note(names: list[str]) -> str:
+    return (
+        f"This model has dtype policies Keras cannot rebuild layers from ({names}): load "
+        "it with keras_policy_ext.load_model(path), or with keras.saving.load_model "
+        "inside `with keras_policy_ext.installed():`."
+    )
+
+
+def _rewrite(filepath: str | os.PathLike, entries: dict[str, str], note: str) -> None:
+    """Rewrites the `.keras` zip with `entries` added and `note` in its config.json."""
+    directory = os.path.dirname(os.path.abspath(filepath))
+    with zipfile.ZipFile(filepath) as archive:
+        infos = [(info, archive.read(info)) for info in archive.infolist()]
+    fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory)
+    os.close(fd)
+    try:
+        with zipfile.ZipFile(tmp, "w") as archive:
+            for info, data in infos:
+                if info.filename == "config.json":
+                    # First, so that Keras's error shows it before the rest.
+                    data = json.dumps({NOTE_KEY: note, **json.loads(data)}).encode()
+                archive.writestr(info, data)
+            for name, text in entries.items():
+                archive.writestr(name, text)
+        os.replace(tmp, filepath)
+    except BaseException:
+        os.remove(tmp)
+        raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import keras
@@ -121,6 +122,11 @@ def as_policy(policy: Any) -> keras.DTypePolicy:
     )
 
 
+def _field(field: str, doc: str) -> property:
+    """A read-only property over one of the fields Keras's code reads."""
+    return property(operator.attrgetter(field), doc=doc)
+
+
 @keras.saving.register_keras_serializable(package="keras_policy_ext", name="DTypePolicy")
 class DTypePolicy(keras.DTypePolicy):
     """An immutable dtype policy that stock Keras layers accept.
@@ -156,45 +162,43 @@ class DTypePolicy(keras.DTypePolicy):
             name = in_force.name if in_force is not None else keras.config.floatx()
         internals.set_policy_fields(self, *parse_name(name))
 
-    @property
-    def name(self) -> str:
-        """The policy's name, as given.
+    name = _field(
+        "_name",
+        """The policy's name: Keras's spelling, or a role spec's canonical name.
 
         >>> import keras_policy_ext as kpe
-        >>> kpe.DTypePolicy("mixed_bfloat16").name
-        'mixed_bfloat16'
-        """
-        return self._name
-
-    @property
-    def compute_dtype(self) -> str:
+        >>> kpe.DTypePolicy("p=f32,c=bf16").name, kpe.DTypePolicy("p=bf16,c=f32").name
+        ('mixed_bfloat16', 'params=bfloat16,compute=float32')
+        """,
+    )
+    compute_dtype = _field(
+        "_compute_dtype",
         """The dtype layers compute in, and that their outputs have.
 
-        >>> import keras_policy_ext as kpe
-        >>> kpe.DTypePolicy("mixed_bfloat16").compute_dtype
-        'bfloat16'
-        """
-        return self._compute_dtype
-
-    @property
-    def variable_dtype(self) -> str:
+        >>> import keras, keras_policy_ext as kpe
+        >>> layer = keras.layers.Dense(2, dtype=kpe.DTypePolicy("mixed_bfloat16"))
+        >>> layer.dtype_policy.compute_dtype == layer.compute_dtype == "bfloat16"
+        True
+        """,
+    )
+    variable_dtype = _field(
+        "_variable_dtype",
         """The dtype layers create their variables in.
 
         >>> import keras_policy_ext as kpe
         >>> kpe.DTypePolicy("mixed_bfloat16").variable_dtype
         'float32'
-        """
-        return self._variable_dtype
-
-    @property
-    def quantization_mode(self) -> None:
-        """Always `None`: kpe policies are not quantized.
+        """,
+    )
+    quantization_mode = _field(
+        "_quantization_mode",
+        """Always `None`: kpe policies are not quantized (Keras builds quantized ones).
 
         >>> import keras_policy_ext as kpe
-        >>> kpe.DTypePolicy("float32").quantization_mode is None
-        True
-        """
-        return None
+        >>> print(kpe.DTypePolicy("float32").quantization_mode)
+        None
+        """,
+    )
 
     def convert_input(self, x: Any, autocast: bool, dtype: Any) -> Any:
         """Casts a floating input to `dtype` when `autocast` is true.

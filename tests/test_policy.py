@@ -120,11 +120,11 @@ def test_hash_is_consistent_with_equality():
 
 def test_immutable():
     policy = kpe.DTypePolicy("float32")
-    for attr in ("_name", "_compute_dtype", "name", "anything"):
+    for attr in (*kpe.internals.POLICY_FIELDS, "name", "anything"):
         with pytest.raises(AttributeError, match="immutable"):
             setattr(policy, attr, "float16")
     with pytest.raises(AttributeError, match="immutable"):
-        del policy._name
+        delattr(policy, kpe.internals.POLICY_FIELDS[0])
     assert policy.compute_dtype == "float32"
 
 

@@ -12,8 +12,9 @@ import argparse
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import version
+from typing import Any
 
 from keras_policy_ext.backends import BACKENDS
 from keras_policy_ext.cli.quiet import native_logs_filtered
@@ -166,12 +167,33 @@ def _seconds(value: str) -> float:
     return seconds
 
 
-def _verbose(parser: argparse.ArgumentParser) -> None:
+def _subcommand(
+    commands: Any, name: str, run: Callable, help: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    """A subcommand running `run(args)`, with `--verbose`."""
+    parser = commands.add_parser(name, help=help, description=description or help)
     parser.add_argument(
         "--verbose",
         action="store_true",
         help="keep the backends' native log lines (TensorFlow, absl, oneDNN) and echo "
         "the backend processes' stderr",
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _report_options(parser: argparse.ArgumentParser, formats: Sequence[str]) -> None:
+    """`--format`, `--output` and `--timeout`, as every reporting subcommand has them."""
+    parser.add_argument("--format", choices=list(formats), default=formats[0])
+    parser.add_argument(
+        "--output", metavar="FILE", help="write the report to FILE; print only the summary"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"stop a backend's process after SECONDS (default {DEFAULT_TIMEOUT:g}); exit 2",
     )
 
 
@@ -184,22 +206,19 @@ def _parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"%(prog)s {version('keras-policy-ext')}"
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _subcommand(commands, "info", _info, "print the backend, Keras version and policy")
 
-    info = commands.add_parser("info", help="print the backend, Keras version and policy")
-    _verbose(info)
-    info.set_defaults(run=_info)
-
-    check = commands.add_parser(
+    check = _subcommand(
+        commands,
         "check",
-        help="check layers x policies on every installed backend",
-        description=(
-            "Builds each layer under each policy, one subprocess per backend, and "
-            "reports variables, outputs, symbolic dtypes, a training step and "
-            "numerics that deviate from the policy. TARGETs are 'module:callable': "
-            "the callable takes no arguments and returns (layer, inputs); it is "
-            "called inside each policy's scope, so build the layer with dtype=None. "
-            "Without TARGETs the built-in zoo of stock Keras layers is checked."
-        ),
+        _check,
+        "check layers x policies on every installed backend",
+        "Builds each layer under each policy, one subprocess per backend, and "
+        "reports variables, outputs, symbolic dtypes, a training step and "
+        "numerics that deviate from the policy. TARGETs are 'module:callable': "
+        "the callable takes no arguments and returns (layer, inputs); it is "
+        "called inside each policy's scope, so build the layer with dtype=None. "
+        "Without TARGETs the built-in zoo of stock Keras layers is checked.",
     )
     check.add_argument("targets", nargs="*", metavar="TARGET", help="module:callable")
     check.add_argument(
@@ -231,38 +250,25 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="findings under Keras's own policies fail the run too (exit status 1)",
     )
-    check.add_argument("--format", choices=["table", "markdown", "json", "junit"], default="table")
     check.add_argument(
         "--all", action="store_true", help="table: every row, not only findings and refusals"
     )
-    check.add_argument(
-        "--output", metavar="FILE", help="write the report to FILE; print only the summary"
-    )
-    check.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"stop a backend's process after SECONDS (default {DEFAULT_TIMEOUT:g}); exit 2",
-    )
-    _verbose(check)
-    check.set_defaults(run=_check)
+    _report_options(check, ["table", "markdown", "json", "junit"])
 
-    doctest = commands.add_parser(
+    doctest = _subcommand(
+        commands,
         "doctest",
-        help="run the >>> examples of files once per installed backend",
-        description=(
-            "Runs the >>> examples of Markdown, reST and Python files (directories: "
-            "every such file under them), each backend in its own subprocess. "
-            "'# doctest: +SKIP_JAX' (or +SKIP_TORCH, +SKIP_TENSORFLOW) skips an "
-            "example on that backend."
-        ),
+        _doctest,
+        "run the >>> examples of files once per installed backend",
+        "Runs the >>> examples of Markdown, reST and Python files (directories: "
+        "every such file under them), each backend in its own subprocess. "
+        "'# doctest: +SKIP_JAX' (or +SKIP_TORCH, +SKIP_TENSORFLOW) skips an "
+        "example on that backend.",
     )
     doctest.add_argument("files", nargs="+", metavar="FILE")
     doctest.add_argument(
         "--backends", type=_backends, help="comma-separated (default: every installed backend)"
     )
-    doctest.set_defaults(run=_doctest)
     return parser
 
 

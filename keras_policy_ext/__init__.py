@@ -35,7 +35,8 @@ __all__ = [
     "LossScaleOptimizer",
     "Rule",
     "Rules",
-    "compile",
+    # `compile` stays out: `from keras_policy_ext import *` must not shadow the
+    # builtin `compile`; it is reachable as `kpe.compile`.
     "config",
     "dtype_policies",
     "explain",

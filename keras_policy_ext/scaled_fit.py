@@ -5,6 +5,12 @@ policy is *named* `"mixed_float16"`, and that optimizer's scale has no
 floor. kpe scales whenever any layer computes in float16 with float32
 variables (whatever the policy's name, rules included), with a scale held
 within `[floor, ceiling]`.
+
+A model compiled with kpe records kpe's optimizer in its `.keras` file: where
+kpe is not installed, `keras.saving.load_model(path)` raises `TypeError:
+Could not locate class 'LossScaleOptimizer'`, and
+`keras.saving.load_model(path, compile=False)` loads the model (weights and
+policies) to compile again with Keras's own optimizer (see the README).
 """
 
 from __future__ import annotations

@@ -24,8 +24,10 @@ Run from the repository root:
     python benchmarks/overhead.py --backend jax --rounds 41
     python benchmarks/overhead.py --quick           # smoke run, for tests
 
-It prints one Markdown table and exits with status 0 when every target is
-met, 1 otherwise.
+It prints one Markdown table, then the missed targets if any. The targets
+are reported, never enforced: the exit status is 0 when every row was
+measured, met or missed; 1 when a measurement process failed (its row reads
+"benchmark process") or the script itself broke; 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ DENSE_CALLS = 300
 CONVERT_CALLS = 2000
 QUICK_CALLS = 10
 WARMUP_CALLS = 100
+# The row of a measurement process that failed.
+FAILED_CASE = "benchmark process"
 
 
 def _per_call_us(fn, calls: int) -> float:
@@ -168,7 +172,7 @@ def _run_child(backend: str, args: argparse.Namespace) -> list[dict]:
     rows, _ = run_child(__file__, backend, flags)
     if rows is not None:
         return rows
-    failure = {"case": "benchmark process", "keras": "-", "kpe": "-", "ratio": "-"}
+    failure = {"case": FAILED_CASE, "keras": "-", "kpe": "-", "ratio": "-"}
     return [{"backend": backend, **failure, "target": "runs", "met": False}]
 
 
@@ -186,6 +190,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 3 if args.quick else 21
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1; got {args.rounds}")
     return args
 
 
@@ -199,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     missed = [f"{row['backend']}: {row['case']}" for row in rows if not row["met"]]
     if missed:
         print("\nMissed targets:\n" + "\n".join(f"- {m}" for m in missed))
-    return 1 if missed else 0
+    broken = any(row["case"] == FAILED_CASE for row in rows)
+    return 1 if broken else 0  # a missed target is a result, not a failure
 
 
 if __name__ == "__main__":

@@ -127,3 +127,47 @@ def test_underflowing_gradients_stall_without_scaling_and_train_with_it(jit):
     assert 1.0 <= float(scale) <= 2.0**24 and scale.floor == 1.0 and scale.ceiling == 2.0**24
     for v in model.trainable_variables:
         assert keras.backend.standardize_dtype(v.value.dtype) == "float32"
+
+
+def optimizer_step(model, x, y, optimizer):
+    """One eager step with `optimizer.apply`, on this backend's autodiff; the loss."""
+    variables = model.trainable_variables
+    if BACKEND == "jax":
+        import jax
+
+        def loss_fn(tv, ntv):
+            pred, _ = model.stateless_call(tv, ntv, x)
+            loss = mse(pred, y)
+            return optimizer.scale_loss(TINY * loss), loss
+
+        tv = [v.value for v in variables]
+        ntv = [v.value for v in model.non_trainable_variables]
+        grads, loss = jax.grad(loss_fn, has_aux=True)(tv, ntv)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = mse(model(x), y)
+            scaled = optimizer.scale_loss(TINY * loss)
+        grads = tape.gradient(scaled, [v.value for v in variables])
+    else:
+        import torch
+
+        loss = mse(model(x), y)
+        scaled = optimizer.scale_loss(TINY * loss)
+        grads = list(torch.autograd.grad(scaled, [v.value for v in variables]))
+    optimizer.apply(grads, variables)
+    return float(loss)
+
+
+def test_kpe_loss_scale_optimizer_trains_in_an_eager_custom_loop():
+    """`kpe.LossScaleOptimizer.apply` eagerly, JAX included (Keras's fails there: keras#19244)."""
+    model, x, y = model_and_data()
+    optimizer = kpe.LossScaleOptimizer(keras.optimizers.SGD(LR), floor=1.0, ceiling=2.0**24)
+    optimizer.build(model.trainable_variables)
+    losses = [optimizer_step(model, x, y, optimizer) for _ in range(STEPS)]
+    assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0], losses
+    assert 1.0 <= float(ops.convert_to_numpy(optimizer.dynamic_scale)) <= 2.0**24
+    assert int(ops.convert_to_numpy(optimizer.iterations)) >= 1
+    for v in model.trainable_variables:
+        assert keras.backend.standardize_dtype(v.value.dtype) == "float32"

@@ -1,26 +1,43 @@
-"""The role grammar: `"params=float32,compute=bfloat16"`, as jmp users know it.
+"""The role grammar of DeepMind's jmp: `"params=float32,compute=bfloat16"`.
 
-Keys: `params` (or `p`), the variable dtype, and `compute` (or `c`). Values:
-any dtype name Keras accepts, or the short forms `f16`/`half`, `bf16`,
-`f32`/`float`/`single`, `f64`/`double`. A missing role takes the other's
-dtype. A spec whose dtypes have a Keras name is named by it.
+Read as jmp's `get_policy` reads it (jmp/_src/policy.py): keys `params` (or
+`p`), the variable dtype, `compute` (or `c`) and `output` (or `o`); a missing
+`params` is float32, a missing `compute` follows `params`, a missing `output`
+follows `compute`; a name without `=` that is one of the short forms below is
+that dtype for every role. Values: any dtype name Keras accepts, or the short
+forms `f16`/`half`, `bf16`, `f32`/`full`, `f64` (jmp's), and `float`/`single`,
+`double` (kpe's own). A spec whose dtypes have a Keras name is named by it.
+
+Where kpe differs from jmp: a kpe policy has no output dtype of its own (a
+layer's outputs are its compute dtype), so `output` must equal the compute
+dtype, or the spec is a `ValueError` (kpe's float32 outputs are
+`kpe.with_float32_outputs`); `half` is float16 on every device (jmp picks
+bfloat16 on a TPU); a key given twice is an error (jmp keeps the last).
 
 >>> from keras_policy_ext.grammar import parse_roles
 >>> parse_roles("p=f32,c=bf16")
 ('mixed_bfloat16', 'bfloat16', 'float32')
->>> parse_roles("params=float64, compute=float32")
+>>> parse_roles("c=bf16")  # params default to float32, as in jmp
+('mixed_bfloat16', 'bfloat16', 'float32')
+>>> parse_roles("params=float64, compute=float32, output=float32")
 ('params=float64,compute=float32', 'float32', 'float64')
+>>> parse_roles("half")
+('float16', 'float16', 'float16')
 """
 
 from __future__ import annotations
 
 import keras
 
-ROLE_KEYS = {"params": "params", "p": "params", "compute": "compute", "c": "compute"}
+ROLE_KEYS = {
+    "params": "params", "p": "params",
+    "compute": "compute", "c": "compute",
+    "output": "output", "o": "output",
+}  # fmt: skip
 DTYPE_ALIASES = {
     "f16": "float16", "half": "float16",
     "bf16": "bfloat16",
-    "f32": "float32", "float": "float32", "single": "float32",
+    "f32": "float32", "full": "float32", "float": "float32", "single": "float32",
     "f64": "float64", "double": "float64",
 }  # fmt: skip
 # Keras's names for (compute, variable) pairs that are not one dtype.
@@ -28,8 +45,16 @@ KERAS_NAMES = {("float16", "float32"): "mixed_float16", ("bfloat16", "float32"):
 
 
 def is_role_spec(name: str) -> bool:
-    """Whether `name` is written in the role grammar (it has a `=`)."""
-    return "=" in name
+    """Whether `name` is written in the role grammar: it has a `=`, or is a short form.
+
+    Keras's own names (`"float16"`, `"mixed_bfloat16"`, ...) are not: none of
+    the short forms is a name Keras accepts.
+
+    >>> from keras_policy_ext.grammar import is_role_spec
+    >>> is_role_spec("c=bf16"), is_role_spec("half"), is_role_spec("float16")
+    (True, True, False)
+    """
+    return "=" in name or name in DTYPE_ALIASES
 
 
 def _dtype(spec: str, key: str, value: str) -> str:
@@ -45,15 +70,23 @@ def _dtype(spec: str, key: str, value: str) -> str:
 
 
 def canonical_name(compute: str, variable: str) -> str:
-    """Keras's name for the dtypes if it has one, else the long role form."""
+    """Keras's name for the dtypes if it has one, else the long role form.
+
+    >>> from keras_policy_ext.grammar import canonical_name
+    >>> canonical_name("bfloat16", "float32"), canonical_name("float32", "float64")
+    ('mixed_bfloat16', 'params=float64,compute=float32')
+    """
     if compute == variable:
         return compute
     return KERAS_NAMES.get((compute, variable), f"params={variable},compute={compute}")
 
 
 def parse_roles(spec: str) -> tuple[str, str, str]:
-    """`(canonical name, compute dtype, variable dtype)` of a role spec."""
-    roles: dict[str, str] = {}
+    """`(canonical name, compute dtype, variable dtype)` of a role spec (see the module)."""
+    if "=" not in spec:
+        dtype = _dtype(spec, "every role", spec)
+        return canonical_name(dtype, dtype), dtype, dtype
+    roles: dict[str, tuple[str, str]] = {}
     for part in spec.split(","):
         key, sep, value = (s.strip() for s in part.partition("="))
         role = ROLE_KEYS.get(key)
@@ -65,7 +98,15 @@ def parse_roles(spec: str) -> tuple[str, str, str]:
             )
         if role in roles:
             raise ValueError(f"Cannot parse policy {spec!r}: {key!r} is given twice.")
-        roles[role] = _dtype(spec, key, value)
-    variable = roles.get("params", roles.get("compute"))
-    compute = roles.get("compute", variable)
+        roles[role] = (key, _dtype(spec, key, value))
+    variable = roles["params"][1] if "params" in roles else "float32"
+    compute = roles["compute"][1] if "compute" in roles else variable
+    if "output" in roles and roles["output"][1] != compute:
+        key, output = roles["output"]
+        raise ValueError(
+            f"Cannot parse policy {spec!r}: output {output!r} (key {key!r}) differs from "
+            f"compute {compute!r}; a kpe policy's outputs are its compute dtype, so the "
+            "output may only repeat it. For float32 outputs of a lower-precision model, "
+            "use `kpe.with_float32_outputs(model)` or a float32 last layer."
+        )
     return canonical_name(compute, variable), compute, variable

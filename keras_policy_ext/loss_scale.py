@@ -9,6 +9,8 @@ immutable values, as in jmp: `adjust` returns a new one.
   gradients, doubles (`* factor`) after `period` finite steps in a row, and
   stays within `[floor, ceiling]`: it never collapses to zero (Keras's
   `LossScaleOptimizer` reaches 0.0 after 200 non-finite steps) nor overflows.
+  Its settings are checked as `kpe.LossScaleOptimizer`'s are
+  (`check_settings`): a bad one is an error, never silently clipped.
 
 Their tensors (scale, counters) are the children of a tree and the settings
 (`period`, `factor`, `floor`, `ceiling`) its static data, so the settings
@@ -28,6 +30,8 @@ pytrees when JAX is loaded), `tf.function` and `get_config` / `from_config`.
 
 from __future__ import annotations
 
+import math
+import numbers
 import sys
 import warnings
 from typing import Any
@@ -35,7 +39,68 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["DynamicLossScale", "LossScaleStuckError", "StaticLossScale", "all_finite"]
+__all__ = [
+    "DynamicLossScale",
+    "LossScaleStuckError",
+    "StaticLossScale",
+    "all_finite",
+    "check_settings",
+]
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Invalid {name}={value!r}: expected a real number.")
+    return float(value)
+
+
+def check_settings(
+    initial: Any,
+    floor: Any,
+    ceiling: Any,
+    period: Any,
+    *,
+    initial_name: str = "initial",
+    period_name: str = "period",
+) -> tuple[float, float, float, int]:
+    """Validates a dynamic loss scale's settings; `(initial, floor, ceiling, period)`.
+
+    The one check behind `DynamicLossScale` and `kpe.LossScaleOptimizer`
+    (which names `initial` `initial_scale` and `period`
+    `dynamic_growth_steps`): `floor` and `ceiling` finite with
+    `0 < floor <= ceiling`, `floor <= initial <= ceiling` (an initial scale
+    out of bounds is an error, not clipped), `period` an int >= 1. Bad types
+    are `TypeError`s, bad values `ValueError`s, each naming the value.
+
+    >>> from keras_policy_ext.loss_scale import check_settings
+    >>> check_settings(2.0**15, 1, 2.0**24, 2000)
+    (32768.0, 1.0, 16777216.0, 2000)
+    >>> check_settings(2.0**30, 1, 2.0**24, 2000, initial_name="initial_scale")
+    Traceback (most recent call last):
+    ...
+    ValueError: Invalid initial_scale=1073741824.0: expected a scale within [1, 16777216] ...
+    """
+    if isinstance(period, bool) or not isinstance(period, numbers.Integral):
+        raise TypeError(f"Invalid {period_name}={period!r}: expected an int >= 1.")
+    if period < 1:
+        raise ValueError(f"Invalid {period_name}={period!r}: expected an int >= 1.")
+    value, low, high = (
+        _number(initial_name, initial),
+        _number("floor", floor),
+        _number("ceiling", ceiling),
+    )
+    if not (math.isfinite(low) and low > 0):
+        raise ValueError(f"Invalid floor={floor!r}: expected a finite number > 0.")
+    if not (math.isfinite(high) and high >= low):
+        raise ValueError(
+            f"Invalid ceiling={ceiling!r}: expected a finite number >= floor ({low:.10g})."
+        )
+    if not low <= value <= high:
+        raise ValueError(
+            f"Invalid {initial_name}={initial!r}: expected a scale within "
+            f"[{low:.10g}, {high:.10g}] (floor, ceiling); it is not clipped."
+        )
+    return value, low, high, int(period)
 
 
 def all_finite(tree: Any) -> Any:
@@ -109,11 +174,14 @@ class LossScaleStuckError(RuntimeError):
 class DynamicLossScale(_LossScale):
     """A loss scale that follows the gradients, within `[floor, ceiling]`.
 
-    `initial`: the first scale (Keras's default, 2**15). `period`: finite
-    steps in a row before the scale grows. `factor`: what it grows and
-    shrinks by. `floor`, `ceiling`: its bounds. Telemetry, as tensors:
-    `skipped_steps` (steps with non-finite gradients) and `floor_steps`
-    (steps that ended at the floor); `check()` acts on them.
+    `initial`: the first scale (Keras's default, 2**15), within
+    `[floor, ceiling]`. `period`: finite steps in a row before the scale
+    grows. `factor`: what it grows and shrinks by. `floor`, `ceiling`: its
+    bounds. Bad settings raise as `kpe.LossScaleOptimizer`'s do
+    (`check_settings`). Telemetry, as tensors: `skipped_steps` (steps with
+    non-finite gradients, in all) and `floor_steps` (non-finite steps in a
+    row that left the scale at its floor: a finite step resets it, since
+    training at the floor is still training); `check()` acts on them.
 
     >>> import keras, keras_policy_ext as kpe
     >>> scale = kpe.loss_scale.DynamicLossScale(initial=4.0, period=2, ceiling=8.0)
@@ -134,17 +202,12 @@ class DynamicLossScale(_LossScale):
         skipped_steps: Any = 0,
         floor_steps: Any = 0,
     ) -> None:
-        if not (isinstance(period, int) and period >= 1):
-            raise ValueError(f"Invalid period={period!r}: expected an int >= 1.")
-        if not factor > 1:
-            raise ValueError(f"Invalid factor={factor!r}: expected a number > 1.")
-        if not 0 < floor <= ceiling:
-            raise ValueError(
-                f"Invalid floor={floor!r}, ceiling={ceiling!r}: expected 0 < floor <= ceiling."
-            )
+        initial, floor, ceiling, period = check_settings(initial, floor, ceiling, period)
+        if not (_number("factor", factor) > 1 and math.isfinite(factor)):
+            raise ValueError(f"Invalid factor={factor!r}: expected a finite number > 1.")
         self.period, self.factor = period, float(factor)
-        self.floor, self.ceiling = float(floor), float(ceiling)
-        self.loss_scale = ops.clip(ops.convert_to_tensor(initial, "float32"), floor, ceiling)
+        self.floor, self.ceiling = floor, ceiling
+        self.loss_scale = ops.convert_to_tensor(initial, "float32")
         self.counter = ops.convert_to_tensor(counter, "int32")
         self.skipped_steps = ops.convert_to_tensor(skipped_steps, "int32")
         self.floor_steps = ops.convert_to_tensor(floor_steps, "int32")
@@ -163,30 +226,50 @@ class DynamicLossScale(_LossScale):
             ),
         )
         counter = ops.where(ops.logical_and(finite, ops.logical_not(grow)), self.counter + 1, 0)
-        at_floor = ops.cast(ops.less_equal(scale, self.floor), "int32")
+        # Only non-finite steps that leave the scale at its floor count, in a row.
+        stuck = ops.logical_and(ops.logical_not(finite), ops.less_equal(scale, self.floor))
         return self._with(
             scale,
             counter,
             self.skipped_steps + ops.cast(ops.logical_not(finite), "int32"),
-            self.floor_steps + at_floor,
+            ops.where(stuck, self.floor_steps + 1, 0),
         )
 
     def check(self, max_floor_steps: int, on_stuck: str = "warn") -> None:
-        """Warns or raises when the scale spent more than `max_floor_steps` at its floor.
+        """Warns or raises when over `max_floor_steps` non-finite steps in a row hit the floor.
 
         Eager only (it reads the telemetry): call it between steps, outside
         `jit` / `tf.function`. `on_stuck` is `"warn"` (a `RuntimeWarning`) or
         `"raise"` (`LossScaleStuckError`): a scale stuck at its floor means the
         gradients are non-finite whatever the scale, so the model diverged.
+        Finite steps at the floor are not counted (a floor of 1 is no scaling,
+        and training there is fine).
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> scale = kpe.loss_scale.DynamicLossScale(initial=1.0, floor=1.0)
+        >>> for _ in range(100):
+        ...     scale = scale.adjust(keras.ops.convert_to_tensor(True))
+        >>> scale.check(max_floor_steps=10, on_stuck="raise")  # finite steps: not stuck
+        >>> for _ in range(11):
+        ...     scale = scale.adjust(keras.ops.convert_to_tensor(False))
+        >>> scale.check(max_floor_steps=10, on_stuck="raise")
+        Traceback (most recent call last):
+        ...
+        keras_policy_ext.loss_scale.LossScaleStuckError: The loss scale spent 11 steps at its ...
         """
         if on_stuck not in ("warn", "raise"):
             raise ValueError(f"Invalid on_stuck={on_stuck!r}: expected 'warn' or 'raise'.")
+        if isinstance(max_floor_steps, bool) or not isinstance(max_floor_steps, numbers.Integral):
+            raise TypeError(f"Invalid max_floor_steps={max_floor_steps!r}: expected an int >= 0.")
+        if max_floor_steps < 0:
+            raise ValueError(f"Invalid max_floor_steps={max_floor_steps!r}: expected an int >= 0.")
         steps = int(ops.convert_to_numpy(self.floor_steps))
         if steps > max_floor_steps:
             message = (
-                f"The loss scale spent {steps} steps at its floor ({self.floor:g}), "
-                f"more than {max_floor_steps}: the gradients stay non-finite "
-                f"({int(ops.convert_to_numpy(self.skipped_steps))} steps skipped)."
+                f"The loss scale spent {steps} steps at its floor ({self.floor:.10g}) in a "
+                f"row, all with non-finite gradients, more than max_floor_steps="
+                f"{max_floor_steps}: the gradients stay non-finite whatever the scale "
+                f"({int(ops.convert_to_numpy(self.skipped_steps))} steps skipped in all)."
             )
             if on_stuck == "raise":
                 raise LossScaleStuckError(message)

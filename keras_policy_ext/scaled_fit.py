@@ -5,16 +5,52 @@ policy is *named* `"mixed_float16"`, and that optimizer's scale has no
 floor. kpe scales whenever any layer computes in float16 with float32
 variables (whatever the policy's name, rules included), with a scale held
 within `[floor, ceiling]`.
+
+A model compiled with kpe records kpe's optimizer in its `.keras` file: where
+kpe is not installed, `keras.saving.load_model(path)` raises `TypeError:
+Could not locate class 'LossScaleOptimizer'`, and
+`keras.saving.load_model(path, compile=False)` loads the model (weights and
+policies) to compile again with Keras's own optimizer (see the README).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
+from keras_policy_ext.loss_scale import check_settings
 from keras_policy_ext.models import sublayers
+
+
+@functools.cache
+def _keras_apply_fails_eagerly() -> bool:
+    """Whether Keras's own `LossScaleOptimizer.apply` fails in an eager loop here.
+
+    keras-team/keras#19244: `apply` updates its variables inside the branches
+    of `ops.cond`; on JAX that is `lax.cond`, which traces both branches, so
+    the assigned values are leaked tracers (`UnexpectedTracerError`). Probed
+    once, on JAX only (the other backends run `cond` eagerly), on a throwaway
+    optimizer with explicit names (no name counter moves). When a Keras
+    release fixes it, the probe succeeds and kpe defers to Keras's `apply`.
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    probe = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(name="kpe_probe_sgd"), name="kpe_probe_loss_scale_optimizer"
+    )
+    variable = keras.Variable(np.ones(1, "float32"), name="kpe_probe_variable")
+    try:
+        for grad in (1.0, np.inf):
+            probe.apply([ops.convert_to_tensor(np.array([grad], "float32"))], [variable])
+        ops.convert_to_numpy(variable.value)
+        ops.convert_to_numpy(probe.dynamic_scale.value)
+    except Exception:  # any failure means: do not rely on Keras's apply
+        return True
+    return False
 
 
 @keras.saving.register_keras_serializable(package="keras_policy_ext", name="LossScaleOptimizer")
@@ -23,12 +59,21 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
     After every step (`apply`, and `stateless_apply` on JAX), the scale
     Keras computed is clipped to the bounds: 200 non-finite steps leave it at
-    `floor`, not at 0.0.
+    `floor`, not at 0.0. `apply` also works in an eager custom loop on JAX,
+    where Keras's own raises `UnexpectedTracerError` (keras-team/keras#19244).
+    The settings are checked as `kpe.loss_scale.DynamicLossScale`'s are
+    (`kpe.loss_scale.check_settings`): `initial_scale` within
+    `[floor, ceiling]`, `dynamic_growth_steps` an int >= 1.
 
-    >>> import keras, keras_policy_ext as kpe
+    >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> optimizer = kpe.LossScaleOptimizer(keras.optimizers.SGD(), floor=2.0)
     >>> optimizer.floor, optimizer.ceiling
     (2.0, 16777216.0)
+    >>> variable = keras.Variable(np.ones(2, "float32"))
+    >>> for _ in range(20):  # non-finite gradients, in an eager loop
+    ...     optimizer.apply([keras.ops.convert_to_tensor([np.inf, 1.0])], [variable])
+    >>> float(optimizer.dynamic_scale), variable.numpy().tolist()
+    (2.0, [1.0, 1.0])
     """
 
     def __init__(
@@ -40,20 +85,66 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         ceiling: float = 2.0**24,
         **kwargs: Any,
     ) -> None:
-        if not 0 < floor <= initial_scale <= ceiling:
-            raise ValueError(
-                f"Invalid floor={floor!r}, initial_scale={initial_scale!r}, "
-                f"ceiling={ceiling!r}: expected 0 < floor <= initial_scale <= ceiling."
-            )
+        initial_scale, floor, ceiling, dynamic_growth_steps = check_settings(
+            initial_scale,
+            floor,
+            ceiling,
+            dynamic_growth_steps,
+            initial_name="initial_scale",
+            period_name="dynamic_growth_steps",
+        )
         super().__init__(inner_optimizer, initial_scale, dynamic_growth_steps, **kwargs)
-        self.floor, self.ceiling = float(floor), float(ceiling)
+        self.floor, self.ceiling = floor, ceiling
 
     def _clipped(self, scale: Any) -> Any:
         return ops.clip(scale, self.floor, self.ceiling)
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> None:
-        super().apply(grads, trainable_variables)
+        if _keras_apply_fails_eagerly():
+            self._apply_without_cond(grads, trainable_variables)
+        else:
+            super().apply(grads, trainable_variables)
         self.dynamic_scale.assign(self._clipped(self.dynamic_scale))
+
+    def _apply_without_cond(self, grads: Any, trainable_variables: Any = None) -> None:
+        """Keras's `apply` with no variable assigned inside `ops.cond` (keras#19244).
+
+        Used on JAX while Keras's own `apply` fails eagerly there
+        (`_keras_apply_fails_eagerly`). The same step, branch-free: the inner
+        optimizer applies the unscaled gradients, then every variable it may
+        have changed (the trainable ones and its own) takes `where(finite,
+        new, old)`, so a non-finite step leaves no trace, as Keras's skipped
+        branch does; the scale and step counter follow Keras's rule through
+        `ops.where`. JAX arrays are immutable, so the old values stay valid.
+        """
+        if not self.built:
+            with keras.name_scope(self.name, caller=self):
+                self.build(trainable_variables)
+            self.built = True
+        variables = list(trainable_variables or self._trainable_variables)
+        finite = self.check_finite(grads)
+        scale = self.dynamic_scale.value
+        unscaled = [
+            g if g is None or self._overwrite_variable_with_gradient(v) else ops.divide(g, scale)
+            for g, v in zip(grads, variables)
+        ]
+        touched = variables + list(self.inner_optimizer.variables)
+        before = [v.value for v in touched]
+        self.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables)
+        for variable, old in zip(touched, before):
+            variable.assign(ops.where(finite, variable.value, old))
+        grow = ops.logical_and(
+            finite, ops.equal(self.step_counter.value, self.dynamic_growth_steps - 1)
+        )
+        self.dynamic_scale.assign(
+            ops.where(
+                finite, ops.where(grow, ops.multiply(scale, 2.0), scale), ops.multiply(scale, 0.5)
+            )
+        )
+        counter = self.step_counter.value
+        self.step_counter.assign(
+            ops.where(ops.logical_and(finite, ops.logical_not(grow)), counter + 1, 0)
+        )
 
     def stateless_apply(self, optimizer_variables: Any, grads: Any, trainable_variables: Any):
         new_trainable, new_optimizer = super().stateless_apply(

@@ -15,7 +15,13 @@ _FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
 
 
 class Validation(NamedTuple):
-    """`validate`'s answer: `ok`, and why not when it is not."""
+    """`validate`'s answer: `ok`, and why not when it is not.
+
+    >>> import keras_policy_ext as kpe
+    >>> ok, reason = kpe.validate("float8_e4m3fn")
+    >>> ok, reason.split(":")[0]
+    (False, "'float8_e4m3fn'")
+    """
 
     ok: bool
     reason: str

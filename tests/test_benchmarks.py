@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end (their numbers are not judged here)."""
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -10,11 +11,11 @@ ROOT = pathlib.Path(__file__).parents[1]
 BACKEND = keras.backend.backend()
 
 
-def run(script: str, flag: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    """Runs `benchmarks/<script> <flag>` on this backend; the result and its table rows."""
+def run(script: str, *flags: str, env: dict | None = None):
+    """Runs `benchmarks/<script> *flags` on this backend; the result and its table rows."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), flag, "--backend", BACKEND],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [sys.executable, str(ROOT / "benchmarks" / script), *flags, "--backend", BACKEND],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
     )  # fmt: skip
     rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {BACKEND} ")]
     return result, rows
@@ -22,12 +23,37 @@ def run(script: str, flag: str) -> tuple[subprocess.CompletedProcess, list[str]]
 
 def test_overhead_quick_run_prints_every_row():
     result, rows = run("overhead.py", "--quick")
-    assert result.returncode in (0, 1), result.stderr  # 1: a target missed
+    assert result.returncode == 0, result.stderr  # a missed target is reported, not an error
+    missed = [row for row in rows if row.rstrip().endswith("| no |")]
+    assert ("Missed targets:" in result.stdout) is bool(missed), result.stdout
     cases = {row.split("|")[2].strip() for row in rows}
     expected = {"Dense(64) call, mixed_bfloat16", "convert_input"}
     if BACKEND == "jax":
         expected |= {"jaxpr casts, mixed_float16", "jaxpr casts, mixed_bfloat16"}
     assert cases == expected, result.stdout
+
+
+# A sitecustomize that breaks every measurement process (`--child`), not the parent.
+BREAK_CHILDREN = """
+import sys
+
+if "--child" in sys.argv:
+    raise SystemExit("measurement process broken on purpose by the test")
+"""
+
+
+def test_overhead_exits_non_zero_when_a_measurement_process_breaks(tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(BREAK_CHILDREN)
+    path = os.pathsep.join(filter(None, (str(tmp_path), os.environ.get("PYTHONPATH"))))
+    result, rows = run("overhead.py", "--quick", env={**os.environ, "PYTHONPATH": path})
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "broken on purpose" in result.stderr
+    assert [row.split("|")[2].strip() for row in rows] == ["benchmark process"], result.stdout
+
+
+def test_overhead_rejects_bad_arguments():
+    result, _ = run("overhead.py", "--rounds", "0")
+    assert result.returncode == 2 and "--rounds" in result.stderr, result.stderr
 
 
 def test_training_quick_run_prints_every_row():

@@ -1,6 +1,8 @@
 """The checker's own failure detection: deliberately wrong layers are reported."""
 
 import json
+import os
+import warnings
 
 import keras
 import numpy as np
@@ -117,13 +119,27 @@ def test_a_training_step_that_changes_nothing_is_reported():
     ]
 
 
+def float64_really_holds_float64():
+    """Measured apart from `validate`: does a float64 Dense kernel hold float64 values?"""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # JAX warns that it truncates: the answer, not news
+        layer = keras.layers.Dense(3, dtype="float64")
+        layer.build((2, 4))
+        return ops.convert_to_numpy(layer.kernel.value).dtype == np.float64
+
+
 def test_unsupported_policies_are_reported_per_backend():
     report = check_layer(lambda: keras.layers.Dense(3), X, ["float64"], train=False)
     unsupported = findings(report, "validate")
-    assert bool(unsupported) == (not kpe.validate("float64").ok)
-    if BACKEND == "jax" and unsupported:
+    x64 = os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true")
+    assert bool(unsupported) is (BACKEND == "jax" and not x64)
+    assert bool(unsupported) is (not float64_really_holds_float64())
+    if unsupported:
+        (finding,) = unsupported
+        assert (finding.policy, finding.expected) == ("float64", "a policy this backend supports")
+        assert "x64 is disabled" in finding.seen
         seen = {f.seen for f in findings(report, "variable")}
-        assert any("holds float32 (declares float64)" in s for s in seen)
+        assert any("holds float32 (declares float64)" in s for s in seen), seen
 
 
 @pytest.mark.parametrize(

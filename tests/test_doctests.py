@@ -158,14 +158,12 @@ def test_run_files_in_a_subprocess(tmp_path):
     assert report.endswith("FAILED: 5 passed, 1 failed, 1 skipped (2 files, 1 backend)")
 
 
-def test_run_files_reports_a_failed_subprocess(monkeypatch):
-    monkeypatch.setattr(
-        doctests, "run_per_backend", lambda *args: {BACKEND: {"error": "exit status 1"}}
-    )
-    results = doctests.run_files(["README.md"], [BACKEND])
+def test_run_files_reports_a_failed_subprocess(tmp_path):
+    crash = write(tmp_path / "crash.md", ">>> import os; os._exit(3)\n")
+    results = doctests.run_files([crash], [BACKEND])
     [entry] = results[BACKEND]
     assert counts(entry) == (0, 1, 0)
-    assert "exit status 1" in entry["failures"][0]
+    assert "exited with status 3 before finishing" in entry["failures"][0]
     assert f"{BACKEND}: ERROR" in doctests.format_report(results)
 
 

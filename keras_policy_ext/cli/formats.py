@@ -76,7 +76,7 @@ def summary(result: MatrixResult, fail_on_keras: bool = False) -> str:
       incomplete: no case ran
     """
     cases = result.cases()
-    ran = [b for b, r in result.backends.items() if r.get("cases")]
+    ran = [b for b, r in result.backends.items() if "cases" in r]
     lines = [
         f"{VERDICTS[result.status(fail_on_keras)]}: {len(cases)} cases on "
         f"{', '.join(ran) or 'no backend'} in {result.seconds:.1f} s"

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 _NATIVE = re.compile(
     r"^(?:"
     r"WARNING: All log messages before absl::InitializeLog\(\)"
-    r"|[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ [\w.]+:\d+\]"  # glog: I0000 time pid file:line]
+    r"|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+\s+\d+ [\w.]+:\d+\]"  # glog: I0000 time pid file:line]
     r"|To enable the following instructions: .* rebuild TensorFlow"
     r")"
 )

@@ -26,6 +26,15 @@ What stock Keras layers built with `dtype=None` follow:
 
 With the plugin installed, `set_dtype_policy` leaves Keras's global alone,
 so that after `uninstall()` stock Keras finds it as `install()` did.
+
+>>> import keras, keras_policy_ext as kpe
+>>> keras.config.set_dtype_policy("mixed_bfloat16")  # a user setting, through Keras
+>>> with kpe.config.policy_scope("float16"):
+...     keras.layers.Dense(2).dtype_policy.name
+'float16'
+>>> keras.config.dtype_policy().name  # Keras's global, exactly as the user left it
+'mixed_bfloat16'
+>>> keras.config.set_dtype_policy("float32")
 """
 
 from __future__ import annotations

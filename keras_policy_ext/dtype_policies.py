@@ -1,4 +1,10 @@
-"""`get`, `serialize` and `deserialize`, mirroring `keras.dtype_policies`."""
+"""`get`, `serialize` and `deserialize`, mirroring `keras.dtype_policies`.
+
+>>> import keras_policy_ext as kpe
+>>> config = kpe.dtype_policies.serialize(kpe.DTypePolicy("mixed_float16"))
+>>> kpe.dtype_policies.deserialize(config)
+<DTypePolicy "mixed_float16">
+"""
 
 from __future__ import annotations
 

@@ -18,6 +18,7 @@ fields it needs at import).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import sys
 import threading
@@ -26,6 +27,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import keras
+import numpy as np
+from keras import ops
 
 VERIFIED_KERAS = ("3.15.1",)
 
@@ -158,6 +161,43 @@ def loss_scale_index(optimizer: keras.optimizers.LossScaleOptimizer) -> int:
     return next(i for i, v in enumerate(optimizer.variables) if v is optimizer.dynamic_scale)
 
 
+@functools.cache
+def keras_loss_scale_apply_fails_eagerly() -> bool:
+    """Whether Keras's own `LossScaleOptimizer.apply` fails in an eager loop here.
+
+    keras-team/keras#19244: `apply` updates its variables inside the branches
+    of `ops.cond`; on JAX that is `lax.cond`, which traces both branches, so
+    the assigned values are leaked tracers (`UnexpectedTracerError`). Probed
+    once, on JAX only (the other backends run `cond` eagerly), on a throwaway
+    optimizer with explicit names (no name counter moves). When a Keras
+    release fixes it, the probe succeeds and kpe defers to Keras's `apply`.
+    """
+    if keras.backend.backend() != "jax":
+        return False
+    probe = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(name="kpe_probe_sgd"), name="kpe_probe_loss_scale_optimizer"
+    )
+    variable = keras.Variable(np.ones(1, "float32"), name="kpe_probe_variable")
+    try:
+        for grad in (1.0, np.inf):
+            probe.apply([ops.convert_to_tensor(np.array([grad], "float32"))], [variable])
+        ops.convert_to_numpy(variable.value)
+        ops.convert_to_numpy(probe.dynamic_scale.value)
+    except Exception:  # any failure means: do not rely on Keras's apply
+        return True
+    return False
+
+
+def optimizer_trainable_variables(optimizer: keras.optimizers.Optimizer) -> list:
+    """The variables an optimizer was built for (`apply` with none given updates them)."""
+    return optimizer._trainable_variables
+
+
+def overwrites_with_gradient(optimizer: keras.optimizers.Optimizer, variable: Any) -> bool:
+    """Whether `apply` assigns `variable` its gradient (Keras's `overwrite_with_gradient`)."""
+    return optimizer._overwrite_variable_with_gradient(variable)
+
+
 @dataclasses.dataclass(frozen=True)
 class Internal:
     """One Keras internal: what kpe uses it for, and how to see it is there."""
@@ -250,6 +290,17 @@ INTERNALS: tuple[Internal, ...] = (
         "keras.optimizers.LossScaleOptimizer: dynamic_scale among .variables",
         "kpe's LossScaleOptimizer clips the scale stateless_apply returns (`loss_scale_index`)",
         _imports(lambda: _built_loss_scale_optimizer().dynamic_scale),
+    ),
+    Internal(
+        "keras.optimizers.Optimizer._trainable_variables, ._overwrite_variable_with_gradient",
+        "kpe's LossScaleOptimizer.apply without ops.cond on JAX (keras#19244) updates "
+        "what Keras's apply updates",
+        _imports(
+            lambda: overwrites_with_gradient(
+                _built_loss_scale_optimizer(),
+                optimizer_trainable_variables(_built_loss_scale_optimizer())[0],
+            )
+        ),
     ),
 )
 

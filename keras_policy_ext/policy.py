@@ -245,7 +245,7 @@ class DTypePolicy(keras.DTypePolicy):
         >>> kpe.DTypePolicy.from_config(config)
         <DTypePolicy "float16">
         """
-        return {"name": self._name}
+        return {"name": self.name}
 
     @classmethod
     def from_config(cls, config: dict) -> DTypePolicy:
@@ -253,10 +253,10 @@ class DTypePolicy(keras.DTypePolicy):
         return cls(**config)
 
     def __repr__(self) -> str:
-        return f'<DTypePolicy "{self._name}">'
+        return f'<DTypePolicy "{self.name}">'
 
     def __str__(self) -> str:
-        return self._name
+        return self.name
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, keras.DTypePolicy) or isinstance(
@@ -265,12 +265,12 @@ class DTypePolicy(keras.DTypePolicy):
             return NotImplemented
         return (
             other.quantization_mode is None
-            and self._compute_dtype == other.compute_dtype
-            and self._variable_dtype == other.variable_dtype
+            and self.compute_dtype == other.compute_dtype
+            and self.variable_dtype == other.variable_dtype
         )
 
     def __hash__(self) -> int:
-        return hash((DTypePolicy, self._compute_dtype, self._variable_dtype))
+        return hash((DTypePolicy, self.compute_dtype, self.variable_dtype))
 
     def __setattr__(self, attr: str, value: Any) -> None:
         raise AttributeError(
@@ -281,7 +281,7 @@ class DTypePolicy(keras.DTypePolicy):
         raise AttributeError(f"{self!r} is immutable: cannot delete {attr!r}.")
 
     def __reduce__(self) -> tuple:
-        return (type(self), (self._name,))
+        return (type(self), (self.name,))
 
     def __copy__(self) -> DTypePolicy:
         return self

@@ -15,42 +15,14 @@ policies) to compile again with Keras's own optimizer (see the README).
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
+from keras_policy_ext import internals
 from keras_policy_ext.loss_scale import check_settings
 from keras_policy_ext.models import sublayers
-
-
-@functools.cache
-def _keras_apply_fails_eagerly() -> bool:
-    """Whether Keras's own `LossScaleOptimizer.apply` fails in an eager loop here.
-
-    keras-team/keras#19244: `apply` updates its variables inside the branches
-    of `ops.cond`; on JAX that is `lax.cond`, which traces both branches, so
-    the assigned values are leaked tracers (`UnexpectedTracerError`). Probed
-    once, on JAX only (the other backends run `cond` eagerly), on a throwaway
-    optimizer with explicit names (no name counter moves). When a Keras
-    release fixes it, the probe succeeds and kpe defers to Keras's `apply`.
-    """
-    if keras.backend.backend() != "jax":
-        return False
-    probe = keras.optimizers.LossScaleOptimizer(
-        keras.optimizers.SGD(name="kpe_probe_sgd"), name="kpe_probe_loss_scale_optimizer"
-    )
-    variable = keras.Variable(np.ones(1, "float32"), name="kpe_probe_variable")
-    try:
-        for grad in (1.0, np.inf):
-            probe.apply([ops.convert_to_tensor(np.array([grad], "float32"))], [variable])
-        ops.convert_to_numpy(variable.value)
-        ops.convert_to_numpy(probe.dynamic_scale.value)
-    except Exception:  # any failure means: do not rely on Keras's apply
-        return True
-    return False
 
 
 @keras.saving.register_keras_serializable(package="keras_policy_ext", name="LossScaleOptimizer")
@@ -100,7 +72,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return ops.clip(scale, self.floor, self.ceiling)
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> None:
-        if _keras_apply_fails_eagerly():
+        if internals.keras_loss_scale_apply_fails_eagerly():
             self._apply_without_cond(grads, trainable_variables)
         else:
             super().apply(grads, trainable_variables)
@@ -110,7 +82,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         """Keras's `apply` with no variable assigned inside `ops.cond` (keras#19244).
 
         Used on JAX while Keras's own `apply` fails eagerly there
-        (`_keras_apply_fails_eagerly`). The same step, branch-free: the inner
+        (`internals.keras_loss_scale_apply_fails_eagerly`). The same step, branch-free: the inner
         optimizer applies the unscaled gradients, then every variable it may
         have changed (the trainable ones and its own) takes `where(finite,
         new, old)`, so a non-finite step leaves no trace, as Keras's skipped
@@ -121,11 +93,11 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
             with keras.name_scope(self.name, caller=self):
                 self.build(trainable_variables)
             self.built = True
-        variables = list(trainable_variables or self._trainable_variables)
+        variables = list(trainable_variables or internals.optimizer_trainable_variables(self))
         finite = self.check_finite(grads)
         scale = self.dynamic_scale.value
         unscaled = [
-            g if g is None or self._overwrite_variable_with_gradient(v) else ops.divide(g, scale)
+            g if g is None or internals.overwrites_with_gradient(self, v) else ops.divide(g, scale)
             for g, v in zip(grads, variables)
         ]
         touched = variables + list(self.inner_optimizer.variables)
@@ -150,7 +122,7 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         new_trainable, new_optimizer = super().stateless_apply(
             optimizer_variables, grads, trainable_variables
         )
-        index = next(i for i, v in enumerate(self.variables) if v is self.dynamic_scale)
+        index = internals.loss_scale_index(self)
         new_optimizer = list(new_optimizer)
         new_optimizer[index] = self._clipped(new_optimizer[index])
         return new_trainable, new_optimizer

@@ -115,14 +115,13 @@ import datetime
 import functools
 import gc
 import importlib
-import json
 import os
 import statistics
 import sys
 import time
 from collections.abc import Callable
 
-from per_backend import argument_parser, markdown_table, run_child, selected
+from per_backend import argument_parser, child_or_report, markdown_table, run_child, selected
 
 MODELS = ("transformer", "resnet")
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -454,10 +453,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    if args.child:
-        print(json.dumps(measure(args.backend, args)))
-        return 0
+    return child_or_report(_parse_args(argv), lambda args: measure(args.backend, args), _report)
+
+
+def _report(args: argparse.Namespace) -> int:
     size = "small" if args.small else "full"
     flags = ["--rounds", str(args.rounds), "--models", *args.models]
     flags += ["--small"] if args.small else []

@@ -34,12 +34,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
 
-from per_backend import argument_parser, markdown_table, run_child, selected
+from per_backend import argument_parser, child_or_report, markdown_table, run_child, selected
 
 MAX_RATIO = 1.05
 POLICY = "mixed_bfloat16"
@@ -196,10 +195,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    if args.child:
-        print(json.dumps(measure(args.backend, args.rounds, args.quick)))
-        return 0
+    return child_or_report(
+        _parse_args(argv), lambda args: measure(args.backend, args.rounds, args.quick), _report
+    )
+
+
+def _report(args: argparse.Namespace) -> int:
     rows = [row for backend in selected(args.backend) for row in _run_child(backend, args)]
     print(_table(rows))
     missed = [f"{row['backend']}: {row['case']}" for row in rows if not row["met"]]

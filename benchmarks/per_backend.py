@@ -12,6 +12,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from keras_policy_ext.backends import BACKENDS, installed_backends
 
@@ -24,6 +26,23 @@ def argument_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=(*BACKENDS, "all"), default="all")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser
+
+
+def child_or_report(
+    args: argparse.Namespace,
+    measure: Callable[[argparse.Namespace], Any],
+    report: Callable[[argparse.Namespace], int],
+) -> int:
+    """Every script's `main` once its arguments are parsed.
+
+    In the child (`--child`): measure this backend and print the rows as JSON
+    on the last stdout line (`run_child` reads them). Else: `report(args)`,
+    which runs the children and prints the table; its exit status.
+    """
+    if args.child:
+        print(json.dumps(measure(args)))
+        return 0
+    return report(args)
 
 
 def selected(choice: str) -> list[str]:

@@ -75,13 +75,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import time
 import tracemalloc
 
-from per_backend import argument_parser, markdown_table, run_child, selected
+from per_backend import argument_parser, child_or_report, markdown_table, run_child, selected
 
 MODELS = ("sequential_mlp", "functional_conv", "transformer_block", "embedding_lstm")
 POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -254,10 +253,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    if args.child:
-        print(json.dumps(measure(args.backend, args)))
-        return 0
+    return child_or_report(_parse_args(argv), lambda args: measure(args.backend, args), _report)
+
+
+def _report(args: argparse.Namespace) -> int:
     rows, crashed = [], False
     for backend in selected(args.backend):
         backend_rows, ran = _run_child(backend, args)

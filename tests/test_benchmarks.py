@@ -98,3 +98,17 @@ def test_gpu_mixed_precision_small_run_prints_every_row():
         assert peak == "-" if (model, policy, source) in errored else filled(peak, True), peak
         for cell, memory, apply in zip(ratios, (False, True) * 2, applies):
             assert filled(cell, memory) if apply else cell == "-", result.stdout
+
+
+def test_import_time_run_prints_every_row():
+    result, rows = run("import_time.py", "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    cases = [row.split("|")[2].strip() for row in rows]
+    assert cases == [
+        "import keras_policy_ext (after keras)",
+        "keras-policy-ext --version",
+        "keras-policy-ext --help",
+        "keras-policy-ext check --help",
+    ], result.stdout
+    for row in rows:  # no command row names a loaded backend: they import none
+        assert "imports" not in row, row

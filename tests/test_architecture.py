@@ -27,6 +27,7 @@ LAYERS = {
     "cli.quiet": 0,
     "cli.docsource": 0,
     "global_state": 1,
+    "testing.multibackend": 1,
     "policy": 2,
     "rules": 3,
     "models": 3,
@@ -51,7 +52,7 @@ LAYERS = {
 # Modules that must import no Keras (nor a backend) when they load.
 KERAS_FREE = (
     "__init__", "__main__", "backends", "testing", "cli", "cli.quiet", "cli.runner",
-    "cli.docsource", "cli.doctests",
+    "cli.docsource", "cli.doctests", "testing.multibackend", "testing.pytest_plugin",
 )  # fmt: skip
 # Keras internals: only keras_policy_ext/internals.py touches them.
 KERAS_PRIVATE_ATTRIBUTES = {

@@ -178,7 +178,11 @@ def test_project_docs_pass():
         assert result["attempted"] > 10
 
 
-@pytest.mark.parametrize("name", ["README.md", *(f"docs/{p.name}" for p in ROOT.glob("docs/*.md"))])
+@pytest.mark.parametrize(
+    "name",
+    # docs/verifying.md shows, in a `markdown` block, examples that must not run
+    ["README.md", "docs/distribution.md", "docs/mixed_precision.md", "docs/rules_and_retargeting.md"],
+)
 def test_project_docs_lose_no_example_to_the_markdown_reader(name):
     import doctest
 

@@ -25,7 +25,9 @@ LAYERS = {
     "testing": 0,  # lazy, like the top level
     "testing.zoo": 0,
     "cli.quiet": 0,
+    "cli.docsource": 0,
     "global_state": 1,
+    "testing.multibackend": 1,
     "policy": 2,
     "rules": 3,
     "models": 3,
@@ -48,7 +50,10 @@ LAYERS = {
     "__main__": 14,
 }
 # Modules that must import no Keras (nor a backend) when they load.
-KERAS_FREE = ("__init__", "__main__", "backends", "testing", "cli", "cli.quiet", "cli.runner")
+KERAS_FREE = (
+    "__init__", "__main__", "backends", "testing", "cli", "cli.quiet", "cli.runner",
+    "cli.docsource", "cli.doctests", "testing.multibackend", "testing.pytest_plugin",
+)  # fmt: skip
 # Keras internals: only keras_policy_ext/internals.py touches them.
 KERAS_PRIVATE_ATTRIBUTES = {
     "_flatten_layers", "_getframe", "f_locals", "__code__", "_name", "_compute_dtype",

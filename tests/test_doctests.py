@@ -1,9 +1,11 @@
 import json
 import sys
 import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import keras
+import pytest
 
 import keras_policy_ext as kpe
 from keras_policy_ext.backends import BACKENDS
@@ -108,11 +110,13 @@ def test_package_module_is_imported_by_its_name_not_run_twice():
 
 def test_missing_and_broken_files(tmp_path):
     result = doctests.run_file(str(tmp_path / "missing.md"))
-    assert counts(result) == (0, 1, 0)
-    assert "FileNotFoundError" in result["failures"][0]
+    assert counts(result) == (0, 0, 0)
+    assert "FileNotFoundError" in result["error"]
     result = doctests.run_file(write(tmp_path / "broken.py", "import no_such_module\n"))
-    assert counts(result) == (0, 1, 0)
-    assert "no_such_module" in result["failures"][0]
+    assert counts(result) == (0, 0, 0)
+    assert "cannot import" in result["error"] and "no_such_module" in result["error"]
+    result = doctests.run_file(write(tmp_path / "bad.md", ">>> if True:\n...pass\n"))
+    assert counts(result) == (0, 0, 0) and "cannot read its examples" in result["error"]
 
 
 def test_fresh_globals_and_restored_state(tmp_path):
@@ -162,8 +166,8 @@ def test_run_files_reports_a_failed_subprocess(tmp_path):
     crash = write(tmp_path / "crash.md", ">>> import os; os._exit(3)\n")
     results = doctests.run_files([crash], [BACKEND])
     [entry] = results[BACKEND]
-    assert counts(entry) == (0, 1, 0)
-    assert "exited with status 3 before finishing" in entry["failures"][0]
+    assert counts(entry) == (0, 0, 0) and entry["file"] == crash
+    assert "exited with status 3 before finishing" in entry["error"]
     assert f"{BACKEND}: ERROR" in doctests.format_report(results)
 
 
@@ -172,3 +176,291 @@ def test_project_docs_pass():
         result = doctests.run_file(str(path))
         assert result["failed"] == 0, "".join(result["failures"])
         assert result["attempted"] > 10
+
+
+@pytest.mark.parametrize(
+    "name",
+    # docs/verifying.md shows, in a `markdown` block, examples that must not run
+    ["README.md", "docs/distribution.md", "docs/mixed_precision.md", "docs/rules_and_retargeting.md"],
+)
+def test_project_docs_lose_no_example_to_the_markdown_reader(name):
+    import doctest
+
+    text = (ROOT / name).read_text()
+    plain = doctest.DocTestParser().get_examples(text)
+    read = doctests.read_examples(str(ROOT / name), text)
+    assert [e.source for e in read] == [e.source for e in plain]
+
+
+# --- Docs as real docs write them (issue 14) ---------------------------------
+
+KERAS_DOCSTRINGS = Path(keras.__file__).parent / "src" / "dtype_policies" / "dtype_policy.py"
+KERAS_SETUP = "import keras, numpy as np; from keras import ops"
+
+
+def test_setup_runs_in_the_file_namespace_before_its_examples(tmp_path):
+    path = write(tmp_path / "doc.md", ">>> ops.add(np.ones(2), 1).shape\n(2,)\n")
+    assert "NameError" in doctests.run_file(path)["failures"][0]
+    assert counts(doctests.run_file(path, setup=KERAS_SETUP)) == (1, 0, 0)
+
+
+def test_setup_reaches_every_docstring_of_a_module_and_beats_its_globals(tmp_path):
+    path = write(
+        tmp_path / "mod.py",
+        '''\
+        """>>> keras.backend.backend() == BACKEND
+        True
+        """
+        BACKEND = "not set by the setup"
+
+
+        def f():
+            """>>> BACKEND == keras.backend.backend()
+            True
+            """
+        ''',
+    )
+    result = doctests.run_file(path, setup="import keras; BACKEND = keras.backend.backend()")
+    assert counts(result) == (2, 0, 0), result["failures"]
+
+
+def test_a_setup_that_raises_is_the_file_s_error_not_a_negative_count(tmp_path):
+    path = write(tmp_path / "doc.md", ">>> 1\n1\n")
+    result = doctests.run_file(path, setup="1 / 0")
+    assert counts(result) == (0, 0, 0)
+    assert "setup" in result["error"] and "ZeroDivisionError" in result["error"]
+
+
+def test_plugin_runs_the_examples_with_kpe_installed_and_uninstalls_after(tmp_path):
+    path = write(
+        tmp_path / "doc.md",
+        """\
+        >>> import keras, keras_policy_ext as kpe
+        >>> kpe.is_installed()
+        True
+        >>> type(keras.layers.Dense(2, dtype="mixed_float16").dtype_policy) is kpe.DTypePolicy
+        True
+        """,
+    )
+    assert counts(doctests.run_file(path, plugin=True)) == (3, 0, 0)
+    assert not kpe.is_installed()
+    assert counts(doctests.run_file(path)) == (3, 2, 0)
+
+
+@pytest.mark.parametrize("plugin", [False, True], ids=["keras", "plugin"])
+def test_keras_s_own_dtype_policy_docstrings_pass_with_a_setup(plugin):
+    bare = doctests.run_file(str(KERAS_DOCSTRINGS))
+    assert bare["attempted"] > 0 and bare["failed"] == bare["attempted"], bare["failures"]
+    result = doctests.run_file(str(KERAS_DOCSTRINGS), setup=KERAS_SETUP, plugin=plugin)
+    assert result["error"] is None
+    assert result["attempted"] == bare["attempted"]
+    assert result["failed"] == 0, "".join(result["failures"])
+    assert keras.config.dtype_policy().name == "float32"
+    assert kpe.is_installed() is False
+
+
+FENCED = """\
+>>> 1 + 1
+2
+>>> print("a\\nb")
+a
+b"""
+
+
+def fenced(opening, closing, body=FENCED, indent="", quote=""):
+    lines = [opening, *(indent + line for line in body.splitlines()), closing]
+    return "".join(f"{quote}{line}\n" for line in lines)
+
+
+@pytest.mark.parametrize(
+    "opening, closing",
+    [
+        ("```python", "```"),
+        ("```py", "```"),
+        ("```pycon", "```"),
+        ("```doctest", "```"),
+        ("```", "```"),
+        ("~~~python", "~~~"),
+        ("~~~", "~~~"),
+        ("````python", "````"),
+        ('```python title="example.py" linenums="1"', "```"),
+        ("```{code-block} pycon", "```"),
+        ("``` {.python}", "```"),
+        ("```Python", "```"),
+    ],
+)
+def test_markdown_fences_closing_right_after_the_output(tmp_path, opening, closing):
+    text = "Prose.\n\n" + fenced(opening, closing) + "More prose.\n"
+    assert counts(doctests.run_file(write(tmp_path / "doc.md", text))) == (2, 0, 0)
+
+
+def test_a_markdown_fence_left_open_runs_to_the_end(tmp_path):
+    text = "```python\n" + FENCED + "\n"
+    assert counts(doctests.run_file(write(tmp_path / "doc.md", text))) == (2, 0, 0)
+
+
+def test_markdown_examples_in_lists(tmp_path):
+    text = (
+        "1. First:\n\n"
+        + fenced("   ```python", "   ```", indent="   ")
+        + "2. Second, the fence on the item's own line:\n"
+        + "- ```pycon\n  >>> 3 * 3\n  9\n  ```\n"
+        + "   - nested:\n\n"
+        + fenced("     ~~~py", "     ~~~", body=">>> [1,\n...  2]\n[1, 2]", indent="     ")
+    )
+    result = doctests.run_file(write(tmp_path / "doc.md", text))
+    assert counts(result) == (4, 0, 0), result["failures"]
+
+
+def test_markdown_examples_in_blockquotes(tmp_path):
+    text = (
+        "> A quote:\n>\n"
+        + fenced("```python", "```", quote="> ")
+        + "\n> > nested, bare:\n> >\n> > >>> print('> kept')\n> > > kept\n\n"
+        + ">>> print('> not a quote')\n> not a quote\n"
+    )
+    result = doctests.run_file(write(tmp_path / "doc.md", text))
+    assert counts(result) == (4, 0, 0), result["failures"]
+
+
+def test_markdown_other_languages_do_not_run_bare_examples_do(tmp_path):
+    text = (
+        "```bash\n>>> never_run\n```\n\n"
+        "~~~text\n>>> never_run\n~~~\n\n"
+        "````markdown\n```python\n>>> never_run\n```\n````\n\n"
+        ">>> 'bare examples run, as in any doctest text'\n"
+        "'bare examples run, as in any doctest text'\n"
+    )
+    result = doctests.run_file(write(tmp_path / "doc.md", text))
+    assert counts(result) == (1, 0, 0), result["failures"]
+
+
+def test_markdown_failures_name_the_file_s_own_line(tmp_path):
+    text = "# Title\n\n> ```python\n> >>> 1 + 1\n> 3\n> ```\n"
+    [failure] = doctests.run_file(write(tmp_path / "doc.md", text))["failures"]
+    assert "line 4, in doc.md" in failure and "Expected:\n    3\nGot:\n    2" in failure
+
+
+def test_docstrings_with_a_closing_fence_right_after_the_output(tmp_path):
+    path = write(
+        tmp_path / "mod.py",
+        '''\
+        def f():
+            """Keras writes its examples so.
+
+            ```python
+            >>> 1 + 1
+            2
+            ```
+
+            ```bash
+            >>> not_python
+            ```
+            """
+        ''',
+    )
+    result = doctests.run_file(path)
+    assert counts(result) == (1, 0, 0), result["failures"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        ".. code-block:: pycon\n\n    >>> 1 + 1\n    2\n",
+        ".. code-block:: python\n   :caption: with an option\n\n   >>> 1 + 1\n   2\n",
+        ".. code:: py\n\n  >>> 1 + 1\n  2\n",
+        ".. sourcecode:: pycon\n\n    >>> 1 + 1\n    2\n",
+        ".. doctest::\n\n    >>> 1 + 1\n    2\n",
+        "An example::\n\n    >>> 1 + 1\n    2\n",
+        "An example:\n\n::\n\n    >>> 1 + 1\n    2\n",
+        "- A list item::\n\n      >>> 1 + 1\n      2\n",
+        ">>> 1 + 1\n2\n",
+    ],
+    ids=["code-block-pycon", "code-block-option", "code", "sourcecode", "doctest",
+         "literal", "literal-alone", "literal-in-list", "doctest-block"],
+)  # fmt: skip
+def test_rst_forms(tmp_path, text):
+    result = doctests.run_file(write(tmp_path / "doc.rst", "Title\n=====\n\n" + text + "\nEnd.\n"))
+    assert counts(result) == (1, 0, 0), result["failures"]
+
+
+def test_rst_other_languages_do_not_run(tmp_path):
+    text = (
+        ".. code-block:: bash\n\n    >>> never_run\n\n"
+        ".. highlight:: text\n\nShown::\n\n    >>> never_run\n\n"
+        ".. highlight:: python\n\nRun::\n\n    >>> 1 + 1\n    2\n"
+    )
+    result = doctests.run_file(write(tmp_path / "doc.rst", text))
+    assert counts(result) == (1, 0, 0), result["failures"]
+
+
+def test_counts_are_never_negative_a_file_error_is_its_own_field(tmp_path):
+    result = doctests.run_file(str(tmp_path / "missing.md"))
+    assert counts(result) == (0, 0, 0) and "missing.md" in result["error"]
+    report = doctests.format_report({BACKEND: [result]})
+    assert "INCOMPLETE: 0 passed, 0 failed, 0 skipped, 1 error (1 file, 1 backend)" in report
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("missing.md", None, "no such file"),
+        ("latin1.md", b">>> 'caf\xe9'\n", "not UTF-8"),
+        ("syntax.py", b"def f(:\n", "SyntaxError"),
+        ("emptydir", "dir", "no .md, .rst or .py file"),
+    ],
+)
+def test_unreadable_files_are_refused_before_any_backend_starts(tmp_path, name, content, message):
+    path = tmp_path / name
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError) as error:
+        doctests.check_files([str(path)])
+    assert str(path) in str(error.value) and message in str(error.value)
+
+
+def test_a_crash_loses_only_its_own_file(tmp_path):
+    first = write(tmp_path / "a.md", ">>> 1 + 1\n2\n")
+    crash = write(tmp_path / "b.md", ">>> 1\n1\n>>> import os; os._exit(3)\n")
+    last = write(tmp_path / "c.md", ">>> 2 + 2\n4\n")
+    results = doctests.run_files([first, crash, last], [BACKEND])
+    a, b, c = results[BACKEND]
+    assert [r["file"] for r in (a, b, c)] == [first, crash, last]
+    assert counts(a) == counts(c) == (1, 0, 0) and a["error"] is None is c["error"]
+    assert counts(b) == (0, 0, 0) and "exited with status 3" in b["error"]
+    assert doctests.status(results) == 2
+
+
+def test_timeout_per_file_stops_a_hung_file_and_names_its_example(tmp_path):
+    hang = write(tmp_path / "hang.md", ">>> 1\n1\n>>> while True:\n...     pass\n")
+    after = write(tmp_path / "later.md", ">>> 2 + 2\n4\n")
+    results = doctests.run_files([hang, after], [BACKEND], timeout=3)
+    hung, later = results[BACKEND]
+    assert "timed out after 3 s" in hung["error"] and "hang.md[1]" in hung["error"]
+    assert counts(later) == (1, 0, 0) and later["error"] is None
+
+
+def test_status_and_formats():
+    ok = {"file": "a.md", "backend": BACKEND, "attempted": 2, "failed": 0, "skipped": 1,
+          "failures": [], "error": None}  # fmt: skip
+    bad = {**ok, "file": "b.md", "failed": 1, "failures": ["boom\n"]}
+    broken = {**ok, "file": "c.md", "attempted": 0, "skipped": 0, "error": "crashed"}
+    assert doctests.status({BACKEND: [ok]}) == 0
+    assert doctests.status({BACKEND: [ok, bad]}) == 1
+    assert doctests.status({BACKEND: [ok, bad, broken]}) == 2
+    assert doctests.status({BACKEND: [{**ok, "attempted": 0}]}) == 2  # no example ran
+    data = json.loads(doctests.FORMATS["json"]({BACKEND: [ok, bad]}))
+    assert data["status"] == 1 and data["verdict"] == "FAILED"
+    assert data["backends"][BACKEND][1]["failures"] == ["boom\n"]
+    assert data["totals"] == {"passed": 3, "failed": 1, "skipped": 2, "errors": 0}
+    suite = ET.fromstring(doctests.FORMATS["junit"]({BACKEND: [ok, bad, broken]})).find(
+        "testsuite"
+    )
+    assert suite.get("name") == BACKEND
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("3", "1", "1")
+    names = [case.get("name") for case in suite.iter("testcase")]
+    assert names == ["a.md", "b.md", "c.md"]
+    assert suite.find("testcase[@name='b.md']/failure").text == "boom\n"
+    assert suite.find("testcase[@name='c.md']/error").get("message") == "crashed"

@@ -1,6 +1,21 @@
-"""The pytest plugin: `kpe_policy` runs a test once per policy, in its scope."""
+"""The pytest plugin: `kpe_policy` per policy; `--kpe-backends`, `backends`, `kpe_backend`."""
+
+import importlib.util
+import xml.etree.ElementTree as ET
+
+import keras
+import pytest
+
+from keras_policy_ext.backends import BACKENDS, installed_backends
 
 pytest_plugins = ["pytester"]
+
+BACKEND = keras.backend.backend()
+OTHER = next(b for b in BACKENDS if b != BACKEND)
+needs_xdist = pytest.mark.skipif(
+    importlib.util.find_spec("xdist") is None,
+    reason="--kpe-backends runs on pytest-xdist (the test extra installs it)",
+)
 
 
 def test_kpe_policy_parametrizes_and_scopes(pytester):
@@ -52,3 +67,134 @@ def test_default_policies_and_a_readable_failure(pytester):
             "*CastsToFloat32 under kpe 'mixed_float16'*expected float16, saw output 0 is float32*",
         ]
     )
+
+
+# --- One suite on every backend: `--kpe-backends`, the `backends` marker, `kpe_backend` ---
+
+SUITE = f"""
+import keras
+import pytest
+
+def test_names_its_backend(kpe_backend):
+    assert kpe_backend == keras.backend.backend()
+
+@pytest.mark.backends("{BACKEND}")
+def test_only_here():
+    assert keras.backend.backend() == "{BACKEND}"
+
+@pytest.mark.backends("{OTHER}")
+def test_only_elsewhere():
+    assert keras.backend.backend() == "{OTHER}"
+
+def test_fails_on_{BACKEND}_only():
+    assert keras.backend.backend() != "{BACKEND}"
+"""
+
+
+def test_backends_marker_and_kpe_backend_fixture_in_one_process(pytester):
+    pytester.makepyfile(SUITE)
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, skipped=1, failed=1)
+    result.stdout.fnmatch_lines([f"SKIPPED ?1? *.py:11: runs on {OTHER} only, not on {BACKEND}"])
+
+
+def test_a_bad_backends_marker_is_an_error_naming_the_valid_ones(pytester):
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.backends("jaxx")
+        def test_typo():
+            pass
+
+        @pytest.mark.backends()
+        def test_empty():
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*Unknown backend(s): 'jaxx'; valid backends: jax, tensorflow, torch.*",
+            "*@pytest.mark.backends needs one or more backend names*",
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kpe-backends=theano"], "Unknown backend(s): 'theano'"),
+        (["--kpe-backends="], "--kpe-backends needs"),
+        (["--kpe-backends=all", "-p", "no:xdist"], "--kpe-backends runs on pytest-xdist"),
+    ],
+)
+def test_kpe_backends_usage_errors(pytester, args, message):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess(*args, "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str()
+
+
+@needs_xdist
+def test_kpe_backends_conflicts_with_other_xdist_options(pytester):
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest_subprocess("--kpe-backends=all", "-n", "2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "cannot be combined with -n" in result.stderr.str()
+
+
+@needs_xdist
+def test_kpe_backends_runs_the_suite_once_per_backend(pytester):
+    backends = installed_backends()
+    pytester.makepyfile(SUITE)
+    report = pytester.path / "junit.xml"
+    result = pytester.runpytest_subprocess(
+        "--kpe-backends=all", "-p", "no:cacheprovider", "-rfs", f"--junitxml={report}"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED  # test_fails_on_{BACKEND}_only
+    # one merged summary: a line per backend, failures labelled with theirs
+    lines = result.stdout.str().splitlines()
+    for backend in backends:
+        passed = 1 + (backend == BACKEND) + (backend == OTHER) + (backend != BACKEND)
+        failed = int(backend == BACKEND)
+        skipped = (backend != BACKEND) + (backend != OTHER)
+        counts = f"{passed} passed, {failed} failed, {skipped} skipped"
+        assert any(l.split(None, 1) == [backend, counts] for l in lines), (counts, lines[-15:])
+    result.stdout.fnmatch_lines([f"FAILED *::test_fails_on_{BACKEND}_only@{BACKEND}*"])
+    result.stdout.fnmatch_lines([f"SKIPPED *.py:*: runs on {OTHER} only, not on {BACKEND}"])
+    # the JUnit report: every test once per backend, the backend in its name
+    cases = {c.get("name"): c for c in ET.parse(report).iter("testcase")}
+    for backend in backends:
+        for test in ("test_names_its_backend", "test_only_here", "test_only_elsewhere",
+                     f"test_fails_on_{BACKEND}_only"):  # fmt: skip
+            assert f"{test}@{backend}" in cases, sorted(cases)
+        assert cases[f"test_names_its_backend@{backend}"].find("*") is None  # passed
+        here = cases[f"test_only_here@{backend}"].find("skipped")
+        assert (here is None) == (backend == BACKEND)
+        failed = cases[f"test_fails_on_{BACKEND}_only@{backend}"].find("failure")
+        assert (failed is not None) == (backend == BACKEND)
+    assert len(cases) == 4 * len(backends)
+
+
+@needs_xdist
+def test_a_backend_s_crash_is_its_failure_and_its_worker_goes_on(pytester):
+    pytester.makepyfile(
+        f"""
+        import os
+        import keras
+
+        def test_crash():
+            if keras.backend.backend() == "{BACKEND}":
+                os._exit(3)
+
+        def test_after():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--kpe-backends=all", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([f"*worker '{BACKEND}' crashed while running*test_crash*"])
+    counts = "1 passed, 1 failed, 0 skipped"
+    assert any(l.split(None, 1) == [BACKEND, counts] for l in result.stdout.lines)

@@ -22,6 +22,7 @@ from keras_policy_ext.cli.quiet import native_logs_filtered
 # How often, at most, a run without a terminal reports its progress.
 HEARTBEAT_SECONDS = 5.0
 DEFAULT_TIMEOUT = 1800.0
+DOCTEST_TIMEOUT = 600.0  # per file
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -107,17 +108,30 @@ def _check(args: argparse.Namespace) -> int:
 
 def _doctest(args: argparse.Namespace) -> int:
     from keras_policy_ext.backends import installed_backends
-    from keras_policy_ext.cli.doctests import format_report, run_files
+    from keras_policy_ext.cli.doctests import FORMATS, check_files, check_setup, run_files, summary
+    from keras_policy_ext.cli.doctests import status as doctest_status
 
     backends = args.backends or installed_backends()
     missing = [b for b in backends if b not in installed_backends()]
-    if missing:
-        print(f"keras-policy-ext doctest: not installed: {', '.join(missing)}", file=sys.stderr)
+    if missing or not backends:
+        what = ", ".join(missing) if missing else "no backend (jax, tensorflow, torch)"
+        print(f"keras-policy-ext doctest: not installed: {what}", file=sys.stderr)
         return 2
-    results = run_files(args.files, backends)
-    print(format_report(results))
-    failed = any(r["failed"] for rs in results.values() for r in rs)
-    return 1 if failed else 0
+    try:
+        files = check_files(args.files)
+        setup = check_setup(args.setup)
+    except ValueError as e:
+        print(f"keras-policy-ext doctest: error: {e}", file=sys.stderr)
+        return 2
+    results = run_files(files, backends, setup=setup, plugin=args.plugin, timeout=args.timeout)
+    text = FORMATS[args.format](results)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        print(summary(results))
+    else:
+        print(text)
+    return doctest_status(results)
 
 
 def _csv(value: str) -> list[str]:
@@ -182,18 +196,19 @@ def _subcommand(
     return parser
 
 
-def _report_options(parser: argparse.ArgumentParser, formats: Sequence[str]) -> None:
+def _report_options(
+    parser: argparse.ArgumentParser,
+    formats: Sequence[str],
+    timeout: float = DEFAULT_TIMEOUT,
+    timeout_help: str = "stop a backend's process after SECONDS (default %(default)g); exit 2",
+) -> None:
     """`--format`, `--output` and `--timeout`, as every reporting subcommand has them."""
     parser.add_argument("--format", choices=list(formats), default=formats[0])
     parser.add_argument(
         "--output", metavar="FILE", help="write the report to FILE; print only the summary"
     )
     parser.add_argument(
-        "--timeout",
-        type=_seconds,
-        default=DEFAULT_TIMEOUT,
-        metavar="SECONDS",
-        help=f"stop a backend's process after SECONDS (default {DEFAULT_TIMEOUT:g}); exit 2",
+        "--timeout", type=_seconds, default=timeout, metavar="SECONDS", help=timeout_help
     )
 
 
@@ -261,13 +276,37 @@ def _parser() -> argparse.ArgumentParser:
         _doctest,
         "run the >>> examples of files once per installed backend",
         "Runs the >>> examples of Markdown, reST and Python files (directories: "
-        "every such file under them), each backend in its own subprocess. "
+        "every such file under them), each backend in its own subprocess, the "
+        "files one after another: a file that crashes its process or runs past "
+        "--timeout is that file's error, and a new process goes on with the next. "
         "'# doctest: +SKIP_JAX' (or +SKIP_TORCH, +SKIP_TENSORFLOW) skips an "
-        "example on that backend.",
+        "example on that backend. Exit status: 0 when every example passed, 1 "
+        "when one failed, 2 when a file could not be read (before anything "
+        "runs), imported or run to its end, or no example ran.",
     )
     doctest.add_argument("files", nargs="+", metavar="FILE")
     doctest.add_argument(
         "--backends", type=_backends, help="comma-separated (default: every installed backend)"
+    )
+    doctest.add_argument(
+        "--setup",
+        action="append",
+        metavar="CODE",
+        help="Python code run in each file's namespace before its examples, e.g. "
+        "\"import keras, numpy as np; from keras import ops\" (repeatable: joined by lines)",
+    )
+    doctest.add_argument(
+        "--plugin",
+        action="store_true",
+        help="run the examples with kpe installed (kpe.install()): Keras's own API "
+        "on kpe policies",
+    )
+    _report_options(
+        doctest,
+        ["table", "json", "junit"],
+        timeout=DOCTEST_TIMEOUT,
+        timeout_help="stop a file's examples after SECONDS (default %(default)g): that "
+        "file's error (exit 2), and the next file runs in a new process",
     )
     return parser
 

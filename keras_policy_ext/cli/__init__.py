@@ -2,7 +2,8 @@
 
 Exit status: 0 when everything conforms (or passes), 1 when a check finds a
 deviation (or a doctest fails), 2 for a usage error, a target that cannot be
-imported or built, or a backend process that crashed or timed out.
+imported or built, a doc file that cannot be read or run to its end, or a
+backend process that crashed or timed out.
 `--version` and `--help` import neither Keras nor a backend.
 """
 
@@ -293,13 +294,12 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="CODE",
         help="Python code run in each file's namespace before its examples, e.g. "
-        "\"import keras, numpy as np; from keras import ops\" (repeatable: joined by lines)",
+        '"import keras, numpy as np; from keras import ops" (repeatable: joined by lines)',
     )
     doctest.add_argument(
         "--plugin",
         action="store_true",
-        help="run the examples with kpe installed (kpe.install()): Keras's own API "
-        "on kpe policies",
+        help="run the examples with kpe installed (kpe.install()): Keras's own API on kpe policies",
     )
     _report_options(
         doctest,

@@ -290,8 +290,25 @@ def _timeout_text(timeout: float, dump: str) -> str:
 def _run_backend(
     backend: str, files: list[str], args: dict, out: list[dict], stop: threading.Event
 ) -> None:
-    """One backend's files, in as many processes as crashes and timeouts make it take."""
+    """One backend's files, in as many processes as crashes and timeouts make it take.
 
+    Whatever stops it early (an interrupt, a failure of this runner) leaves
+    an error for each file it did not report, never a silent gap.
+    """
+    try:
+        _run_backend_files(backend, files, args, out, stop)
+    except _Stopped:
+        reason = "the run was interrupted"
+    except Exception as e:
+        reason = _error_text("the runner failed", e)
+    else:
+        return
+    out += [_result(p, backend, error=reason) for p in files[len(out) :]]
+
+
+def _run_backend_files(
+    backend: str, files: list[str], args: dict, out: list[dict], stop: threading.Event
+) -> None:
     def tick(_: Any) -> None:
         if stop.is_set():
             raise _Stopped

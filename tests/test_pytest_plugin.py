@@ -88,13 +88,17 @@ def test_only_elsewhere():
 
 def test_fails_on_{BACKEND}_only():
     assert keras.backend.backend() != "{BACKEND}"
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_parametrized(n):
+    pass
 """
 
 
 def test_backends_marker_and_kpe_backend_fixture_in_one_process(pytester):
     pytester.makepyfile(SUITE)
     result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, skipped=1, failed=1)
+    result.assert_outcomes(passed=4, skipped=1, failed=1)
     result.stdout.fnmatch_lines([f"SKIPPED ?1? *.py:11: runs on {OTHER} only, not on {BACKEND}"])
 
 
@@ -157,7 +161,7 @@ def test_kpe_backends_runs_the_suite_once_per_backend(pytester):
     # one merged summary: a line per backend, failures labelled with theirs
     lines = result.stdout.str().splitlines()
     for backend in backends:
-        passed = 1 + (backend == BACKEND) + (backend == OTHER) + (backend != BACKEND)
+        passed = 3 + (backend == BACKEND) + (backend == OTHER) + (backend != BACKEND)
         failed = int(backend == BACKEND)
         skipped = (backend != BACKEND) + (backend != OTHER)
         counts = f"{passed} passed, {failed} failed, {skipped} skipped"
@@ -175,7 +179,9 @@ def test_kpe_backends_runs_the_suite_once_per_backend(pytester):
         assert (here is None) == (backend == BACKEND)
         failed = cases[f"test_fails_on_{BACKEND}_only@{backend}"].find("failure")
         assert (failed is not None) == (backend == BACKEND)
-    assert len(cases) == 4 * len(backends)
+        # the backend joins a parametrized test's id inside its brackets
+        assert {f"test_parametrized[1@{backend}]", f"test_parametrized[2@{backend}]"} <= set(cases)
+    assert len(cases) == 6 * len(backends)
 
 
 @needs_xdist

@@ -7,8 +7,9 @@ and restarts worker processes and merges their reports into one session
 worker per backend, named after it and started with its `KERAS_BACKEND`
 (`--tx popen//id=jax//env:KERAS_BACKEND=jax`), and `--dist each`, which
 sends every test to every worker. This module then labels each report with
-its backend (test ids end in `@jax`, as xdist's own `--dist loadgroup`
-labels its groups) and adds one summary line per backend.
+its backend (`test_x@jax`, `test_y[param@jax]`: an `@` label, as xdist's
+own `--dist loadgroup` labels its groups) and adds one summary line per
+backend.
 
 >>> from keras_policy_ext.testing.multibackend import parse_backends, worker_specs
 >>> parse_backends("torch, jax")
@@ -98,6 +99,25 @@ def configure(config: pytest.Config, environ: Mapping[str, str]) -> None:
     config.pluginmanager.register(BackendsSummary(backends), "kpe-backends")
 
 
+def label(nodeid: str, backend: str) -> str:
+    """A test id with its backend: after its name, inside its parameters' brackets if any.
+
+    Inside the brackets, pytest's own parsing of test ids (`--junitxml`
+    names) still finds the parameters at the end.
+
+    >>> from keras_policy_ext.testing.multibackend import label
+    >>> label("tests/test_x.py::test_add", "torch"), label("t.py::test_add[f32]", "jax")
+    ('tests/test_x.py::test_add@torch', 't.py::test_add[f32@jax]')
+    >>> label(label("t.py::test_add[f32]", "jax"), "jax")  # labelled once
+    't.py::test_add[f32@jax]'
+    """
+    if nodeid.endswith((f"@{backend}", f"@{backend}]")):
+        return nodeid
+    if nodeid.endswith("]"):
+        return f"{nodeid[:-1]}@{backend}]"
+    return f"{nodeid}@{backend}"
+
+
 def _outcome(report: Any) -> str | None:
     """The outcome one report counts as, pytest's way (`None`: it counts as nothing)."""
     if getattr(report, "wasxfail", None) is not None:
@@ -124,8 +144,7 @@ class BackendsSummary:
         backend = getattr(spec, "env", {}).get("KERAS_BACKEND")
         if backend not in self.counts:
             return None
-        if not report.nodeid.endswith(f"@{backend}"):
-            report.nodeid = f"{report.nodeid}@{backend}"
+        report.nodeid = label(report.nodeid, backend)
         return backend
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:

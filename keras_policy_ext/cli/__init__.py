@@ -76,20 +76,21 @@ def _check(args: argparse.Namespace) -> int:
     policies = [*(args.policies or []), *(args.policy or [])] or None
     if not args.output and not sys.stderr.isatty():
         print("checking every layer x policy per backend ...", file=sys.stderr)
-    progress = _Progress()
+    with native_logs_filtered(not args.verbose):
+        import keras  # noqa: F401  (checking the names needs it; its native log lines go)
+    progress = _Progress()  # outside the filter: a terminal's live line stays live
     try:
-        with native_logs_filtered(not args.verbose):
-            result = run_matrix(
-                backends=args.backends,
-                policies=policies,
-                layers=args.layers,
-                targets=args.targets,
-                sources=("kpe",) if args.kpe_only else ("kpe", "keras"),
-                on_progress=progress,
-                on_tick=progress.tick,
-                timeout=args.timeout,
-                verbose=args.verbose,
-            )
+        result = run_matrix(
+            backends=args.backends,
+            policies=policies,
+            layers=args.layers,
+            targets=args.targets,
+            sources=("kpe",) if args.kpe_only else ("kpe", "keras"),
+            on_progress=progress,
+            on_tick=progress.tick,
+            timeout=args.timeout,
+            verbose=args.verbose,
+        )
     except ValueError as e:  # bad names, and TargetError
         progress.close()
         print(f"keras-policy-ext check: error: {e}", file=sys.stderr)

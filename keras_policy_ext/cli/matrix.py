@@ -152,8 +152,6 @@ def check_here(
     only when `include_zoo`. Raises `TargetError` for a target that cannot be
     loaded or built, or exits the process.
     """
-    import dataclasses
-
     import numpy as np
 
     from keras_policy_ext.cli.runner import progress

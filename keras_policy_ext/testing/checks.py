@@ -23,11 +23,8 @@ from keras import ops
 from keras_policy_ext import config, plugin
 from keras_policy_ext.models import sublayers
 from keras_policy_ext.policy import as_policy
+from keras_policy_ext.testing.zoo import DEFAULT_POLICIES
 from keras_policy_ext.validation import validate
-
-DEFAULT_POLICIES = (
-    "float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16",
-)  # fmt: skip
 
 # Training steps allowed for a dynamic loss scale to stop skipping updates.
 LOSS_SCALE_STEPS = 20
@@ -137,8 +134,20 @@ def _is_float(x: Any) -> bool:
     return hasattr(x, "dtype") and keras.backend.is_float_dtype(_dtype(x))
 
 
+def _float32(x: Any) -> np.ndarray:
+    """`x` cast to float32 on the host: no backend op runs (on JAX, none compiles).
+
+    A backend cast would be one more op per shape and dtype, and on JAX one
+    more XLA compilation each; numpy rounds (and overflows to inf) as they do.
+    """
+    if isinstance(x, keras.Variable):
+        x = x.value
+    with np.errstate(over="ignore"):
+        return np.asarray(ops.convert_to_numpy(x)).astype(np.float32)
+
+
 def _numpy32(x: Any) -> np.ndarray:
-    return np.asarray(ops.convert_to_numpy(ops.cast(x, "float32")), np.float64)
+    return _float32(x).astype(np.float64)
 
 
 def _error(e: BaseException) -> str:
@@ -161,12 +170,71 @@ def _policy(policy: Any, source: str) -> keras.DTypePolicy:
     return as_policy(policy)
 
 
+class LayerChecker:
+    """Checks one layer (or model) factory under one policy after another.
+
+    `check_layer` is this, once per policy. What no policy changes is done
+    once per checker, not once per case: the float32 reference that numerics
+    compare against is built and run on first use, and from then on only
+    given each case's weights before it runs. Arguments as `check_layer`'s.
+
+    >>> import keras, numpy as np
+    >>> from keras_policy_ext.testing.checks import LayerChecker
+    >>> checker = LayerChecker(lambda: keras.layers.Dense(3), np.ones((2, 4), "float32"))
+    >>> [(c.policy, c.source, c.ok) for c in checker.check("mixed_float16", ["kpe", "keras"])]
+    [('mixed_float16', 'kpe', True), ('mixed_float16', 'keras', True)]
+    >>> [c.policy for c in checker.check("bfloat16")]  # the same reference, new weights
+    ['bfloat16']
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[], keras.Layer],
+        inputs: Any,
+        *,
+        name: str | None = None,
+        train: bool = True,
+        numerics: bool = True,
+        tolerances: dict[str, float] | None = None,
+        variable_dtypes: dict[str, str] | None = None,
+        rules: Any = None,
+    ) -> None:
+        self.label = name or getattr(factory, "__name__", type(factory).__name__)
+        self.factory = factory
+        self.args = _as_args(inputs)
+        self.options = {
+            "train": train,
+            "numerics": numerics,
+            "tolerances": {**TOLERANCES, **(tolerances or {})},
+            "variable_dtypes": dict(variable_dtypes or {}),
+            "rules": rules,
+        }
+        self._reference: tuple[keras.Layer | None, str] | None = None
+
+    def check(self, policy: Any, sources: Sequence[str] = ("kpe",)) -> list[CaseResult]:
+        """The cases of one policy, one per source (`"kpe"`, `"keras"`), in that order."""
+        return [_Case(self, _policy(policy, source), source).run() for source in sources]
+
+    def reference(self) -> tuple[keras.Layer | None, str]:
+        """`(layer, "")`: the float32 layer, built and run once; `(None, error)` if it cannot be."""
+        if self._reference is None:
+            try:
+                with config.policy_scope("float32"):
+                    layer = self.factory()
+                    layer(*self.args)
+                self._reference = (layer, "")
+            except Exception as e:
+                self._reference = (None, _error(e))
+        return self._reference
+
+
 class _Case:
     """Checks one layer factory under one policy; collects findings."""
 
-    def __init__(self, label, factory, args, policy, source, options):
-        self.label, self.factory, self.args = label, factory, args
-        self.policy, self.source, self.options = policy, source, options
+    def __init__(self, checker: LayerChecker, policy: keras.DTypePolicy, source: str) -> None:
+        self.checker, self.policy, self.source = checker, policy, source
+        self.label, self.factory = checker.label, checker.factory
+        self.args, self.options = checker.args, checker.options
         self.backend = keras.backend.backend()
         self.findings: list[Finding] = []
 
@@ -296,12 +364,14 @@ class _Case:
         if None in tolerances:
             return
         tolerance = max(tolerances)
+        reference, error = self.checker.reference()
+        if reference is None:
+            self.finding("numerics", "a float32 reference run", error, "no reference")
+            return
         try:
             with config.policy_scope("float32"):
-                reference = self.factory()
-                reference(*self.args)
                 reference.set_weights(
-                    [_numpy32(w) if _is_float(w) else ops.convert_to_numpy(w)
+                    [_float32(w) if _is_float(w) else ops.convert_to_numpy(w)
                      for w in layer.weights]
                 )  # fmt: skip
                 expected = keras.tree.flatten(reference(*self.args))
@@ -406,21 +476,11 @@ def check_layer(
     >>> print(report.findings[0])
     CastsToFloat32 under kpe 'mixed_float16' on ...: output: expected float16, saw ... float32
     """
-    label = name or getattr(factory, "__name__", type(factory).__name__)
-    options = {
-        "train": train,
-        "numerics": numerics,
-        "tolerances": {**TOLERANCES, **(tolerances or {})},
-        "variable_dtypes": dict(variable_dtypes or {}),
-        "rules": rules,
-    }
-    args = _as_args(inputs)
-    cases = [
-        _Case(label, factory, args, _policy(p, source), source, options).run()
-        for p in policies
-        for source in sources
-    ]
-    return Report(tuple(cases))
+    checker = LayerChecker(
+        factory, inputs, name=name, train=train, numerics=numerics, tolerances=tolerances,
+        variable_dtypes=variable_dtypes, rules=rules,
+    )  # fmt: skip
+    return Report(tuple(case for p in policies for case in checker.check(p, sources)))
 
 
 def assert_conforms(

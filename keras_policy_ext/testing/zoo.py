@@ -2,18 +2,39 @@
 
 Each entry is a layer factory (called inside a policy scope, so the layer
 takes the scope's policy) and a function of a numpy `Generator` giving the
-inputs: one array, or a tuple of positional arguments.
+inputs: one array, or a tuple of positional arguments. `DEFAULT_POLICIES` are
+the policies the zoo is checked under by default.
+
+Importing this module, or naming and selecting entries, loads no Keras: the
+process that starts the backends' processes checks the names it is given
+without paying for a backend it never runs. A factory loads Keras when called.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import keras
 import numpy as np
 
-L = keras.layers
+if TYPE_CHECKING:
+    import keras
+
+DEFAULT_POLICIES = (
+    "float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16",
+)  # fmt: skip
+
+
+class _Layers:
+    """`keras.layers`, imported on first use (that is, when a factory runs)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import keras
+
+        return getattr(keras.layers, name)
+
+
+L = _Layers()
 
 
 class ZooEntry(NamedTuple):

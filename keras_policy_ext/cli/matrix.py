@@ -7,11 +7,20 @@ and user targets on its backend and reports progress on stderr.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from keras_policy_ext.backends import BACKENDS, check_backends, installed_backends
@@ -143,6 +152,7 @@ def check_here(
     sources: Sequence[str],
     emit: Callable[[dict], None],
     seed: int = 0,
+    processes: int = 1,
 ) -> None:
     """Checks zoo entries and targets on the running backend, emitting events.
 
@@ -150,12 +160,33 @@ def check_here(
     text}` for policies Keras cannot express (checked under kpe only).
     `layers` filters the zoo by name (empty: all of it), which is checked
     only when `include_zoo`. Raises `TargetError` for a target that cannot be
-    loaded or built, or exits the process.
+    loaded or built, or exits the process. With `processes > 1`, helper
+    processes (this module, run as a backend's process) check zoo layers
+    too, each taking the next unchecked one; the events come out in the same
+    order as from one process, and a helper that fails leaves its layers to
+    this process.
     """
+    from keras_policy_ext.cli.runner import progress
+
+    cases, policies, policy_sources = _plan(
+        layers, include_zoo, targets, policies, sources, seed, emit
+    )  # fmt: skip
+    zoo = len(cases) - len(targets)
+    done = 0
+    if processes > 1 and zoo >= MIN_SHARED:
+        args = {"layers": list(layers), "include_zoo": include_zoo, "targets": []}
+        args |= {"policies": policies, "sources": list(sources), "seed": seed}
+        with _Helpers(args, processes - 1) as helpers:
+            done = helpers.share(cases[:zoo], len(cases), policies, policy_sources, emit)
+    for i in range(done, len(cases)):
+        _check_entry(*cases[i], policies, policy_sources, emit)
+        progress(i + 1, len(cases))
+
+
+def _plan(layers, include_zoo, targets, policies, sources, seed, emit) -> tuple:
+    """`(cases, policies, policy_sources)`: what `check_here` checks, under which names."""
     import numpy as np
 
-    from keras_policy_ext.cli.runner import progress
-    from keras_policy_ext.testing.checks import check_layer
     from keras_policy_ext.testing.zoo import ZOO, select
 
     rng = np.random.default_rng(seed)
@@ -176,15 +207,157 @@ def check_here(
         if "keras" in sources and not keras_can_express(policy):
             policy_sources[policy].remove("keras")
             emit({"note": f"Keras cannot express {policy!r}: checked under kpe only"})
-    for i, (name, factory, inputs) in enumerate(cases):
-        for policy in policies:
-            emit({"start": f"{name} under {policy!r}"})
-            report = check_layer(
-                factory, inputs, [policy], name=name, sources=policy_sources[policy]
-            )
-            for case in report.cases:
-                emit({"case": dataclasses.asdict(case)})
-        progress(i + 1, len(cases))
+    return cases, policies, policy_sources
+
+
+def _check_entry(name, factory, inputs, policies, policy_sources, emit) -> None:
+    """One layer under every policy: a `start` event per policy, a `case` event per case."""
+    from keras_policy_ext.testing.checks import LayerChecker
+
+    checker = LayerChecker(factory, inputs, name=name)  # one float32 reference per layer
+    for policy in policies:
+        emit({"start": f"{name} under {policy!r}"})
+        for case in checker.check(policy, policy_sources[policy]):
+            emit({"case": dataclasses.asdict(case)})
+
+
+def _take(counter: str) -> int:
+    """The next layer's index from a counter file the processes share (under a lock)."""
+    import fcntl
+
+    with open(counter, "r+", encoding="utf-8") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        taken = int(f.read())
+        f.seek(0)
+        f.write(str(taken + 1))
+        f.truncate()
+    return taken
+
+
+def _work(args: dict, emit: Callable[[dict], None]) -> None:
+    """A helper's body: checks the layers it takes until none is left.
+
+    Each layer's events come between `{"took": i}` and `{"done": i}`.
+    """
+    cases, policies, policy_sources = _plan(
+        args["layers"], args["include_zoo"], [], args["policies"], args["sources"],
+        args["seed"], lambda event: None,
+    )  # fmt: skip
+    while (i := _take(args["counter"])) < len(cases):
+        emit({"took": i})
+        _check_entry(*cases[i], policies, policy_sources, emit)
+        emit({"done": i})
+
+
+class _Helpers:
+    """Helper processes sharing the zoo with this one (see `check_here`)."""
+
+    def __init__(self, args: dict, count: int) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="kpe-helpers-")
+        self.counter = os.path.join(self.tmp.name, "next")
+        with open(self.counter, "w", encoding="utf-8") as f:
+            f.write("0")
+        self.helpers = []
+        for n in range(count):
+            path_in, path_out = (os.path.join(self.tmp.name, f"{n}.{x}") for x in ("in", "out"))
+            with open(path_in, "w", encoding="utf-8") as f:
+                json.dump({**args, "counter": self.counter}, f)
+            process = subprocess.Popen(
+                [sys.executable, "-m", __spec__.name, path_in, path_out],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            self.helpers.append(_Helper(process, path_out))
+
+    def __enter__(self) -> _Helpers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for helper in self.helpers:
+            if helper.process.poll() is None:
+                helper.process.kill()
+            helper.process.wait()
+        self.tmp.cleanup()
+
+    def share(self, cases, total, policies, policy_sources, emit) -> int:
+        """Checks `cases` with the helpers, emitting them in order (progress of `total`)."""
+        from keras_policy_ext.cli.runner import progress
+
+        finished: dict[int, list[dict]] = {}
+        emitted = 0
+
+        def flush() -> None:
+            nonlocal emitted
+            for helper in self.helpers:
+                for event in helper.read():
+                    if "start" in event:
+                        emit(event)  # at once: what runs now, should this process be stopped
+                finished.update(helper.finished)
+                helper.finished.clear()
+            while emitted in finished:
+                for event in finished.pop(emitted):
+                    if "start" not in event:
+                        emit(event)
+                emitted += 1
+                progress(emitted, total)
+
+        while (i := _take(self.counter)) < len(cases):
+            events: list[dict] = []
+            _check_entry(*cases[i], policies, policy_sources, _tee(events, emit))
+            finished[i] = events
+            flush()
+        while any(helper.process.poll() is None for helper in self.helpers):
+            flush()
+            time.sleep(0.05)
+        flush()
+        # A helper that failed, or was stopped, left the layers it did not finish.
+        for i in [i for i in range(emitted, len(cases)) if i not in finished]:
+            events = []
+            _check_entry(*cases[i], policies, policy_sources, _tee(events, emit))
+            finished[i] = events
+        flush()
+        return len(cases)
+
+
+class _Helper:
+    """One helper process, and its events read so far, filed by layer."""
+
+    def __init__(self, process: subprocess.Popen, path: str) -> None:
+        self.process, self.path = process, path
+        self.offset = 0
+        self.current: int | None = None
+        self.pending: dict[int, list[dict]] = {}
+        self.finished: dict[int, list[dict]] = {}
+
+    def read(self) -> list[dict]:
+        """The events written since the last read (whole lines only)."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a last line may be cut short
+        self.offset += len(complete)
+        events = [json.loads(line) for line in complete.splitlines()]
+        for event in events:
+            if "took" in event:
+                self.current = event["took"]
+                self.pending[self.current] = []
+            elif "done" in event:
+                self.finished[event["done"]] = self.pending.pop(event["done"])
+            elif self.current is not None and "end" not in event:
+                self.pending[self.current].append(event)
+        return events
+
+
+def _tee(events: list[dict], emit: Callable[[dict], None]) -> Callable[[dict], None]:
+    """Keeps events for their turn; a `start` is also emitted at once (what runs now)."""
+
+    def keep(event: dict) -> None:
+        events.append(event)
+        if "start" in event:
+            emit(event)
+
+    return keep
 
 
 def run_matrix(
@@ -209,15 +382,16 @@ def run_matrix(
     `timeout` seconds is reported in its result's `error`, with the cases it
     finished.
     """
-    from keras_policy_ext import dtype_policies
-    from keras_policy_ext.testing.checks import DEFAULT_POLICIES
-    from keras_policy_ext.testing.zoo import ZOO, select
+    from keras_policy_ext.testing.zoo import DEFAULT_POLICIES, ZOO, select
 
     wanted = list(backends) if backends else list(BACKENDS)
     check_backends(wanted)
     policies = list(policies or DEFAULT_POLICIES)
     for policy in policies:
-        dtype_policies.get(policy)  # a bad name raises here, not in every child
+        if policy not in DEFAULT_POLICIES:  # those need no Keras loaded here to be known
+            from keras_policy_ext import dtype_policies
+
+            dtype_policies.get(policy)  # a bad name raises here, not in every child
     include_zoo = bool(layers) or not targets
     if layers and not select(layers):
         raise TargetError(f"no zoo layer matches {', '.join(layers)}; zoo layers: {', '.join(ZOO)}")
@@ -295,16 +469,112 @@ def _check_spec(spec: str) -> tuple[str, str, str]:
     return module_name, sep, attr
 
 
-def _child(args: dict, emit: Callable[[dict], None]) -> None:
+# What a backend's process sets before Keras loads, where the environment does
+# not set it already (README: "Check speed"). Each case runs a handful of ops on
+# tiny tensors: torch's pool of threads per process only adds hand-offs, the more
+# so as the backends' processes share the machine's cores. JAX compiles each
+# eager op once per shape and dtype and runs it a few times: LLVM's optimization
+# passes cost more than they save (JAX's documented switch for that case; XLA's
+# graph passes, and so the ops and their dtypes, are unchanged).
+CHILD_ENV = {
+    "jax": {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"},
+    "torch": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+}
+# XLA's CPU code generator from before its MLIR fusion emitters (the default
+# until 2025) compiles a tiny program about a third faster, the same HLO ops in
+# the same dtypes. XLA aborts on a flag it does not know, so it is only passed to
+# the jaxlib versions it was verified with.
+JAX_XLA_FLAG = "--xla_cpu_use_fusion_emitters=false"
+JAX_XLA_FLAG_JAXLIB = ("0.10.",)
+# JAX's compilation cache, every program written to it: an op JAX traces anew on
+# each call (a recurrent layer's `scan`, a loss scale's `cond`) compiles once, not
+# once per call, and JAX's helper process (below) reuses what the other compiled.
+# Unless `JAX_COMPILATION_CACHE_DIR` names one, the cache is a temporary directory
+# of the backend's process, removed at its end.
+JAX_CACHE_ENV = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+}
+# How many processes check a backend's zoo, on a machine with more than one core.
+# JAX compiles every op of every layer in every dtype, which makes its process the
+# longest by far: a helper process takes layers too (the next one left, as each
+# finishes one), on the cores the other backends' processes leave when they end.
+CHILD_PROCESSES = {"jax": 2}
+MIN_SHARED = 4  # fewer zoo layers than this are not worth a helper's start
+
+
+@contextlib.contextmanager
+def _child_environment(backend: str) -> Iterator[None]:
+    """Sets `CHILD_ENV[backend]` (JAX: the flag and the cache too) where unset.
+
+    Meant for a backend's own process, before Keras loads there: the variables
+    stay set, and only a cache directory made here is removed at the end (also
+    when the process is stopped with SIGTERM). A variable the environment sets
+    already wins, and a `JAX_COMPILATION_CACHE_DIR` it names is used as it is.
+    """
+    for key, value in CHILD_ENV.get(backend, {}).items():
+        os.environ.setdefault(key, value)
+    if backend != "jax":
+        yield
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "fusion_emitters" not in flags and _jaxlib_verified():
+        os.environ["XLA_FLAGS"] = f"{flags} {JAX_XLA_FLAG}".strip()
+    for key, value in JAX_CACHE_ENV.items():
+        os.environ.setdefault(key, value)
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        yield
+        return
+    cache = tempfile.mkdtemp(prefix="kpe-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
     try:
-        check_here(
-            args["layers"], args["include_zoo"], args["targets"],
-            args["policies"], args["sources"], emit,
-        )  # fmt: skip
-    except TargetError as e:
-        emit({"target_error": str(e)})
-    except SystemExit as e:
-        emit({"target_error": f"a target called sys.exit({e.code!r}) while it was checked"})
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _jaxlib_verified() -> bool:
+    try:
+        return version("jaxlib").startswith(JAX_XLA_FLAG_JAXLIB)
+    except PackageNotFoundError:
+        return False
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM unwinds the child (so its cache directory is removed), as ^C would."""
+    raise KeyboardInterrupt
+
+
+def _child(args: dict, emit: Callable[[dict], None]) -> None:
+    backend = os.environ.get("KERAS_BACKEND", "")
+    processes = CHILD_PROCESSES.get(backend, 1) if _cores() > 1 else 1
+    with _child_environment(backend):
+        if "counter" in args:  # a helper of another backend's process
+            _work(args, emit)
+            return
+        try:
+            check_here(
+                args["layers"], args["include_zoo"], args["targets"],
+                args["policies"], args["sources"], emit, processes=processes,
+            )  # fmt: skip
+        except TargetError as e:
+            emit({"target_error": str(e)})
+        except SystemExit as e:
+            emit({"target_error": f"a target called sys.exit({e.code!r}) while it was checked"})
 
 
 if __name__ == "__main__":

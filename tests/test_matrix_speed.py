@@ -1,0 +1,208 @@
+"""What makes the matrix fast keeps what it finds: one float32 reference per layer,
+host-side casts, and the backend's process settings (README: "Check speed")."""
+
+import os
+import subprocess
+import sys
+import time
+from importlib.metadata import version
+
+import keras
+import numpy as np
+import pytest
+
+from keras_policy_ext.cli import matrix
+from keras_policy_ext.cli.matrix import (
+    CHILD_ENV,
+    JAX_CACHE_ENV,
+    JAX_XLA_FLAG,
+    JAX_XLA_FLAG_JAXLIB,
+    _child_environment,
+    check_here,
+)
+from keras_policy_ext.testing import check_layer
+
+check_entry = matrix._check_entry
+
+BACKEND = keras.backend.backend()
+X = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+
+
+def test_the_float32_reference_is_built_once_per_check():
+    built = []
+
+    def factory():
+        built.append(1)
+        return keras.layers.Dense(3)
+
+    policies = ["float32", "float16", "bfloat16", "mixed_bfloat16"]
+    report = check_layer(factory, X, policies, sources=("kpe", "keras"))
+    # Each case has its own random kernel: a reference left with another case's
+    # weights would miss by far more than the tolerance.
+    assert report.ok, str(report)
+    assert len(built) == len(report.cases) + 1  # each case's layer, and one reference
+
+
+class Float32Fails(keras.layers.Layer):
+    def call(self, x):
+        if self.compute_dtype == "float32":
+            raise ValueError("no float32 here")
+        return x
+
+
+def test_a_reference_that_cannot_be_built_is_a_finding_in_every_case():
+    report = check_layer(Float32Fails, X, ["mixed_float16", "bfloat16"], sources=("kpe", "keras"))
+    assert [(f.policy, f.source, f.check, f.seen, f.short) for f in report.findings] == [
+        (policy, source, "numerics", "ValueError: no float32 here", "no reference")
+        for policy in ("mixed_float16", "bfloat16")
+        for source in ("kpe", "keras")
+    ]
+
+
+def matrix_findings(layers, policies):
+    events = []
+    check_here(layers, True, [], policies, ["kpe", "keras"], events.append)
+    cases = [e["case"] for e in events if "case" in e]
+    assert len(cases) == len(layers) * len(policies) * 2
+    return {
+        (c["layer"], c["policy"], c["source"], f["check"], f["short"])
+        for c in cases
+        for f in c["findings"]
+    }
+
+
+def test_the_matrix_keeps_the_findings_of_known_bad_layers():
+    """As the full run found them before it was made fast (README: Stock Keras 3.15.1)."""
+    policies = ["float16", "mixed_float16", "mixed_bfloat16"]
+    expected = {
+        ("CategoryEncoding", policy, source, check, short)
+        for policy, compute in (("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16"))
+        for source in ("kpe", "keras")
+        for check, short in (("output", "out float32"), ("symbolic", f"symbolic {compute}"))
+    }
+    for source in ("kpe", "keras"):
+        if BACKEND == "tensorflow":  # DenseBincount has no half kernel
+            expected.add(
+                ("CategoryEncoding", "float16", source, "call", "error InvalidArgumentError")
+            )
+        else:  # the orthogonal initializer's QR has no half kernel
+            expected.add(("LSTM", "float16", source, "call", "error NotImplementedError"))
+    assert matrix_findings(["CategoryEncoding", "LSTM"], policies) == expected
+
+
+def events_of(layers, policies, processes=1):
+    events = []
+    check_here(layers, True, [], policies, ["kpe", "keras"], events.append, processes=processes)
+    return events
+
+
+def outcome(events):
+    """What the parent reads from the events: notes, and the cases in order (names aside)."""
+    return [
+        (e["case"]["layer"], e["case"]["policy"], e["case"]["source"],
+         [(f["check"], f["short"]) for f in e["case"]["findings"]])
+        if "case" in e else e
+        for e in events
+        if "case" in e or "note" in e
+    ]  # fmt: skip
+
+
+LIGHT = ["Dense", "Softmax", "Activation", "Add", "Rescaling"]
+POLICIES = ["float32", "float64", "mixed_bfloat16"]
+
+
+@pytest.fixture
+def main_checks(monkeypatch):
+    """The layers this process checks itself; each one slowed down, so a helper takes some."""
+    checked = []
+
+    def slowly(name, *args):
+        checked.append(name)
+        time.sleep(2.5)  # longer than a helper takes to start, even on a busy machine
+        return check_entry(name, *args)
+
+    monkeypatch.setattr(matrix, "_check_entry", slowly)
+    return checked
+
+
+def test_a_helper_process_changes_nothing_the_matrix_reports(main_checks):
+    alone = outcome(events_of(LIGHT, POLICIES))
+    main_checks.clear()
+    shared = events_of(LIGHT, POLICIES, processes=2)
+    assert outcome(shared) == alone
+    assert 0 < len(main_checks) < len(LIGHT), main_checks  # the helper took the others
+    starts = [e["start"] for e in shared if "start" in e]  # each as it began, in either process
+    assert sorted(starts) == sorted(f"{n} under {p!r}" for n in LIGHT for p in POLICIES)
+
+
+# A sitecustomize that breaks every helper process (their input is in kpe-helpers-*/).
+BREAK_HELPERS = """
+import sys
+
+if sys.argv[1:2] and "kpe-helpers-" in sys.argv[1]:
+    raise SystemExit(3)
+"""
+
+
+def test_the_layers_of_a_helper_that_fails_are_checked_by_the_main_process(
+    main_checks, monkeypatch, tmp_path
+):
+    (tmp_path / "sitecustomize.py").write_text(BREAK_HELPERS)
+    path = os.pathsep.join(filter(None, (str(tmp_path), os.environ.get("PYTHONPATH"))))
+    monkeypatch.setenv("PYTHONPATH", path)
+    shared = events_of(LIGHT, POLICIES, processes=2)
+    assert main_checks == LIGHT
+    main_checks.clear()
+    assert outcome(shared) == outcome(events_of(LIGHT, POLICIES))
+
+
+@pytest.fixture
+def bare_environment(monkeypatch):
+    names = {n for env in CHILD_ENV.values() for n in env} | set(JAX_CACHE_ENV)
+    for name in names | {"JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS"}:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_a_backend_s_process_gets_its_settings_where_unset(bare_environment):
+    bare_environment.setenv("OMP_NUM_THREADS", "3")  # set by the user: kept
+    with _child_environment("torch"):
+        assert os.environ["OMP_NUM_THREADS"] == "3"
+        assert os.environ["MKL_NUM_THREADS"] == CHILD_ENV["torch"]["MKL_NUM_THREADS"]
+        assert "JAX_COMPILATION_CACHE_DIR" not in os.environ
+
+
+def test_jax_s_process_compiles_into_a_cache_of_its_own_removed_at_its_end(bare_environment):
+    with _child_environment("jax"):
+        cache = os.environ["JAX_COMPILATION_CACHE_DIR"]
+        assert os.path.isdir(cache)
+        assert {k: os.environ[k] for k in JAX_CACHE_ENV} == JAX_CACHE_ENV
+        assert os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] == "1"
+        flags = os.environ.get("XLA_FLAGS", "")
+        assert (JAX_XLA_FLAG in flags) is version("jaxlib").startswith(JAX_XLA_FLAG_JAXLIB)
+    assert not os.path.exists(cache)
+
+
+def test_jax_settings_the_user_made_are_kept(bare_environment, tmp_path):
+    bare_environment.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path))
+    bare_environment.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true")
+    with _child_environment("jax"):
+        assert os.environ["JAX_COMPILATION_CACHE_DIR"] == str(tmp_path)
+        assert os.environ["XLA_FLAGS"] == "--xla_cpu_use_fusion_emitters=true"
+    assert tmp_path.is_dir()
+
+
+def test_the_command_s_process_loads_no_keras_to_check_names():
+    """The default policies and zoo names are known without a backend (each backend's
+    process loads its own): the run starts its backends' processes without that wait."""
+    code = (
+        "import sys\n"
+        "from keras_policy_ext.cli.matrix import TargetError, run_matrix\n"
+        "try:\n"
+        "    run_matrix(layers=['NoSuchLayer'])\n"
+        "except TargetError:\n"
+        "    print(sorted(m for m in ('keras', 'jax', 'torch', 'tensorflow')"
+        " if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "[]", done.stderr

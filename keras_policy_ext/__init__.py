@@ -40,6 +40,7 @@ _EXPORTS = {
     "needs_loss_scaling": "scaled_fit",
     "validate": "validation",
     "Validation": "validation",
+    "PolicyRefusedError": "validation",
 }
 # Modules users reach as `kpe.<name>`.
 _MODULES = (

@@ -43,6 +43,8 @@ from typing import Any
 import keras
 
 from keras_policy_ext import config, dtype_policies, internals, rules, scaled_fit
+from keras_policy_ext.internals import fixes
+from keras_policy_ext.validation import PolicyRefusedError
 
 
 def _get(identifier: Any = None) -> keras.DTypePolicy:
@@ -50,16 +52,24 @@ def _get(identifier: Any = None) -> keras.DTypePolicy:
 
     A layer built with `dtype=None` in a scope with rules, or with a policy
     object some rules own (a composite layer handing its policy down), gets
-    the policy those rules pick for its class, name and path.
+    the policy those rules pick for its class, name and path. A layer whose
+    kpe policy the backend cannot honour is refused: `PolicyRefusedError`
+    (`keras_policy_ext.internals.fixes.refusal`).
     """
     layer = internals.layer_being_built()
-    if layer is not None:
-        placing = config.scoped_rules() if identifier is None else rules.owner_of(identifier)
-        if placing is not None:
-            path = "/".join(p for p in (internals.current_name_scope(), layer.name) if p)
-            fallback = identifier if identifier is not None else config.dtype_policy()
-            return placing.place(layer, path, fallback)
-    return dtype_policies.get(identifier)
+    if layer is None:
+        return dtype_policies.get(identifier)
+    placing = config.scoped_rules() if identifier is None else rules.owner_of(identifier)
+    if placing is not None:
+        path = "/".join(p for p in (internals.current_name_scope(), layer.name) if p)
+        fallback = identifier if identifier is not None else config.dtype_policy()
+        policy = placing.place(layer, path, fallback)
+    else:
+        policy = dtype_policies.get(identifier)
+    reason = fixes.refusal(layer, policy)
+    if reason is not None:
+        raise PolicyRefusedError(reason)
+    return policy
 
 
 def _compiler(original: Callable) -> Callable:
@@ -101,6 +111,22 @@ _explicit = False  # an install() stands
 _blocks = 0  # installed() blocks open, in every thread
 
 
+def _activate() -> None:
+    """Puts kpe's functions and its fixes of Keras's defects in place (under `_lock`)."""
+    PATCHES.apply()
+    try:
+        fixes.apply_all()
+    except BaseException:
+        PATCHES.revert()
+        raise
+
+
+def _deactivate() -> None:
+    """Reverts `_activate` (under `_lock`)."""
+    fixes.revert_all()
+    PATCHES.revert()
+
+
 def install() -> None:
     """Makes Keras resolve policies through kpe (idempotent).
 
@@ -119,7 +145,7 @@ def install() -> None:
     """
     global _explicit
     with _lock:
-        PATCHES.apply()
+        _activate()
         _explicit = True
 
 
@@ -141,7 +167,7 @@ def uninstall() -> None:
     with _lock:
         _explicit = False
         if not _blocks:
-            PATCHES.revert()
+            _deactivate()
 
 
 def is_installed() -> bool:
@@ -182,7 +208,7 @@ def installed() -> Iterator[None]:
     """
     global _blocks
     with _lock:
-        PATCHES.apply()
+        _activate()
         _blocks += 1
     try:
         yield
@@ -190,4 +216,4 @@ def installed() -> Iterator[None]:
         with _lock:
             _blocks -= 1
             if not _blocks and not _explicit:
-                PATCHES.revert()
+                _deactivate()

@@ -27,6 +27,28 @@ class Validation(NamedTuple):
     reason: str
 
 
+class PolicyRefusedError(ValueError):
+    """A layer refused under a kpe policy its backend cannot honour.
+
+    Raised, with the plugin installed, when a layer is built under a kpe
+    policy the running backend would silently break: float64 on JAX without
+    x64 (its float64 variables would hold float32), a `TorchModuleWrapper`
+    under a mixed policy on torch. The message names the backend, the cause
+    and the fix. A `ValueError`, as Keras raises for a dtype it rejects.
+
+    >>> import keras, keras_policy_ext as kpe
+    >>> refused = not kpe.validate("float64").ok  # JAX without x64
+    >>> try:
+    ...     with kpe.installed():
+    ...         _ = keras.layers.Dense(2, dtype="float64")
+    ...     outcome = "built"
+    ... except kpe.PolicyRefusedError as e:
+    ...     outcome = "refused" if "JAX_ENABLE_X64=1" in str(e) else str(e)
+    >>> outcome == ("refused" if refused else "built")
+    True
+    """
+
+
 def _jax_x64_enabled(backend: str) -> bool:
     if backend == keras.backend.backend():
         # Ask the running backend what a float64 tensor really holds (JAX

@@ -128,17 +128,30 @@ def float64_really_holds_float64():
         return ops.convert_to_numpy(layer.kernel.value).dtype == np.float64
 
 
-def test_unsupported_policies_are_reported_per_backend():
-    report = check_layer(lambda: keras.layers.Dense(3), X, ["float64"], train=False)
-    unsupported = findings(report, "validate")
+def test_float64_a_backend_cannot_hold_is_refused_under_kpe_and_a_finding_under_keras():
+    report = check_layer(
+        lambda: keras.layers.Dense(3), X, ["float64"], sources=["kpe", "keras"], train=False
+    )
+    kpe_case, keras_case = report.cases
+    holds = float64_really_holds_float64()
     x64 = os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true")
-    assert bool(unsupported) is (BACKEND == "jax" and not x64)
-    assert bool(unsupported) is (not float64_really_holds_float64())
+    assert holds is not (BACKEND == "jax" and not x64)
+    # kpe: refused when the layer is built (plugin installed), with the fix; never a finding.
+    assert kpe_case.findings == ()
+    assert bool(kpe_case.refused) is (not holds)
+    if not holds:
+        assert "on the jax backend" in kpe_case.refused
+        assert "JAX_ENABLE_X64=1" in kpe_case.refused
+        assert "refused:" in str(report)
+    # Keras's own policy: what the backend does, reported.
+    unsupported = [f for f in keras_case.findings if f.check == "validate"]
+    assert bool(unsupported) is (not holds)
+    assert keras_case.refused == ""
     if unsupported:
         (finding,) = unsupported
         assert (finding.policy, finding.expected) == ("float64", "a policy this backend supports")
         assert "x64 is disabled" in finding.seen
-        seen = {f.seen for f in findings(report, "variable")}
+        seen = {f.seen for f in keras_case.findings if f.check == "variable"}
         assert any("holds float32 (declares float64)" in s for s in seen), seen
 
 

@@ -193,10 +193,19 @@ def _plan(layers, include_zoo, targets, policies, sources, seed, emit) -> tuple:
     entries = select(layers) if include_zoo else []
     if include_zoo and not entries:
         raise TargetError(f"no zoo layer matches {', '.join(layers)}; zoo layers: {', '.join(ZOO)}")
-    cases = [(e.name, e.factory, e.inputs(rng)) for e in entries]
+    import keras
+
+    backend = keras.backend.backend()
+    cases = []
+    for e in entries:
+        why = e.unavailable(backend)
+        if why is not None:
+            emit({"note": f"{why}: not checked on {backend}"})
+            continue
+        cases.append((e.name, e.factory, e.inputs(rng), {"output_dtype": e.output_dtype}))
     for spec in targets:
         factory, inputs = _target_case(*load_target(spec))
-        cases.append((spec, factory, inputs))
+        cases.append((spec, factory, inputs, {}))
     from keras_policy_ext import dtype_policies
 
     # Role specs by their canonical names: `p=f32,c=bf16` is Keras's mixed_bfloat16.
@@ -210,11 +219,12 @@ def _plan(layers, include_zoo, targets, policies, sources, seed, emit) -> tuple:
     return cases, policies, policy_sources
 
 
-def _check_entry(name, factory, inputs, policies, policy_sources, emit) -> None:
+def _check_entry(name, factory, inputs, options, policies, policy_sources, emit) -> None:
     """One layer under every policy: a `start` event per policy, a `case` event per case."""
     from keras_policy_ext.testing.checks import LayerChecker
 
-    checker = LayerChecker(factory, inputs, name=name)  # one float32 reference per layer
+    # One float32 reference per layer.
+    checker = LayerChecker(factory, inputs, name=name, **options)
     for policy in policies:
         emit({"start": f"{name} under {policy!r}"})
         for case in checker.check(policy, policy_sources[policy]):

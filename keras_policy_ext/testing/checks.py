@@ -1,11 +1,14 @@
 """Conformance checks: does a layer store and compute in its policy's dtypes?
 
 `check_layer` builds a layer under each policy (inside
-`keras_policy_ext.config.policy_scope`), runs it, and reports every deviation
-as a `Finding`: variables (by the dtype the backend really holds), outputs,
+`keras_policy_ext.config.policy_scope`; a kpe policy's case with the plugin
+installed, so with kpe's fixes of Keras's defects in place), runs it, and
+reports every deviation as a `Finding`: variables (by the dtype the backend really holds), outputs,
 symbolic (functional `KerasTensor`) against eager dtypes, one training step
 through `train_on_batch`, numerics against a float32 run with the same
-weights, non-finite values, and errors building or calling the layer.
+weights, non-finite values, and errors building or calling the layer. A
+layer the plugin refuses (`keras_policy_ext.PolicyRefusedError`: the backend
+cannot honour the policy) is a refused case, with the reason, not a finding.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from keras_policy_ext import config, plugin
 from keras_policy_ext.models import sublayers
 from keras_policy_ext.policy import as_policy
 from keras_policy_ext.testing.zoo import DEFAULT_POLICIES
-from keras_policy_ext.validation import validate
+from keras_policy_ext.validation import PolicyRefusedError, validate
 
 # Training steps allowed for a dynamic loss scale to stop skipping updates.
 LOSS_SCALE_STEPS = 20
@@ -68,6 +71,10 @@ class CaseResult:
     source: str  # "kpe" or "keras": whose policy class was checked
     backend: str
     findings: tuple[Finding, ...]
+    # Why the layer was refused (`keras_policy_ext.PolicyRefusedError`): the
+    # backend cannot honour the policy, and kpe said so when the layer was
+    # built. A refusal is not a finding; the case then has none.
+    refused: str = ""
 
     @property
     def ok(self) -> bool:
@@ -114,11 +121,18 @@ class Report:
         )
 
     def __str__(self) -> str:
+        refused = [
+            f"- {c.layer} under {c.source} {c.policy!r} on {c.backend}: refused: {c.refused}"
+            for c in self.cases
+            if c.refused
+        ]
         if self.ok:
-            return f"{len(self.cases)} case(s), all conform"
+            verdict = "all conform or are refused" if refused else "all conform"
+            return "\n".join([f"{len(self.cases)} case(s), {verdict}", *refused])
         return "\n".join(
             [f"{len(self.findings)} finding(s) in {len(self.cases)} case(s):"]
             + [f"- {f}" for f in self.findings]
+            + refused
         )
 
 
@@ -198,6 +212,7 @@ class LayerChecker:
         tolerances: dict[str, float] | None = None,
         variable_dtypes: dict[str, str] | None = None,
         rules: Any = None,
+        output_dtype: str | None = None,
     ) -> None:
         self.label = name or getattr(factory, "__name__", type(factory).__name__)
         self.factory = factory
@@ -208,6 +223,7 @@ class LayerChecker:
             "tolerances": {**TOLERANCES, **(tolerances or {})},
             "variable_dtypes": dict(variable_dtypes or {}),
             "rules": rules,
+            "output_dtype": output_dtype,
         }
         self._reference: tuple[keras.Layer | None, str] | None = None
 
@@ -251,7 +267,7 @@ class _Case:
         if rules is None:
             with config.policy_scope(self.policy):
                 return self.factory()
-        with plugin.installed(), config.policy_scope(self.policy, rules=rules):
+        with config.policy_scope(self.policy, rules=rules):
             return self.factory()
 
     def layer_policies(self, layer) -> list[tuple[str, keras.DTypePolicy]]:
@@ -272,7 +288,13 @@ class _Case:
         return self.policy.variable_dtype
 
     def expected_output_dtypes(self, layer, count: int) -> list[str]:
-        """The compute dtype; under rules, that of each output's layer."""
+        """The compute dtype; under rules, that of each output's layer.
+
+        A layer whose own code returns another floating dtype (`output_dtype`,
+        a float32 head) is held to that dtype, eager and symbolic alike.
+        """
+        if self.options["output_dtype"] is not None:
+            return [self.options["output_dtype"]] * count
         if self.options["rules"] is None:
             return [self.policy.compute_dtype] * count
         names = getattr(layer, "output_names", None)
@@ -281,11 +303,25 @@ class _Case:
         return [layer.compute_dtype] * count
 
     def run(self) -> CaseResult:
+        """The case: a kpe policy's with the plugin installed, Keras's without it."""
+        if self.source != "kpe" and self.options["rules"] is None:
+            return self.checks()
+        with plugin.installed():
+            return self.checks()
+
+    def checks(self) -> CaseResult:
+        try:
+            layer = self.build()
+        except PolicyRefusedError as e:
+            return CaseResult(self.label, self.policy.name, self.source, self.backend, (), str(e))
+        except Exception as e:
+            layer, error = None, e
         ok, reason = validate(self.policy)
         if not ok:
             self.finding("validate", "a policy this backend supports", reason, "unsupported")
         try:
-            layer = self.build()
+            if layer is None:
+                raise error
             outputs = layer(*self.args)
         except Exception as e:
             self.finding(
@@ -451,6 +487,7 @@ def check_layer(
     tolerances: dict[str, float] | None = None,
     variable_dtypes: dict[str, str] | None = None,
     rules: Any = None,
+    output_dtype: str | None = None,
 ) -> Report:
     """Checks a layer under each policy on the running backend.
 
@@ -459,10 +496,14 @@ def check_layer(
     `inputs` is what the layer is called with: an array, or a tuple of
     positional arguments (arrays, or lists of arrays for merge layers).
     `sources` picks whose policy class is checked: `"kpe"`, `"keras"` (Keras's
-    own `keras.DTypePolicy`, for comparison) or both. `tolerances` overrides
+    own `keras.DTypePolicy`, for comparison) or both; kpe's cases run with the
+    plugin installed (kpe's fixes of Keras's defects in place), and a layer it
+    refuses is a case with `refused` set and no finding. `tolerances` overrides
     `TOLERANCES` per compute dtype; `variable_dtypes` maps variable paths (or
     their last parts, such as `"moving_mean"`) to the dtype a layer documents
-    for them instead of the policy's. With `rules` (a
+    for them instead of the policy's; `output_dtype` is the floating dtype
+    a layer's own code returns whatever the policy (a head that casts to
+    float32), checked instead of the compute dtype. With `rules` (a
     `keras_policy_ext.Rules`), each layer is built under the rules with the
     policy as their default, and checked against the policy its rule picked:
     variables against their layer's, outputs against their output layer's.
@@ -478,7 +519,7 @@ def check_layer(
     """
     checker = LayerChecker(
         factory, inputs, name=name, train=train, numerics=numerics, tolerances=tolerances,
-        variable_dtypes=variable_dtypes, rules=rules,
+        variable_dtypes=variable_dtypes, rules=rules, output_dtype=output_dtype,
     )  # fmt: skip
     return Report(tuple(case for p in policies for case in checker.check(p, sources)))
 

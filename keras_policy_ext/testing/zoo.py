@@ -12,6 +12,7 @@ without paying for a backend it never runs. A factory loads Keras when called.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,11 +39,37 @@ L = _Layers()
 
 
 class ZooEntry(NamedTuple):
-    """A named layer factory and its inputs."""
+    """A named layer factory and its inputs.
+
+    `backends`: the backends the layer exists on (empty: all). `requires`:
+    modules it needs besides the backend (Keras's preprocessing layers that
+    run on TensorFlow). `output_dtype`: the floating dtype the layer's own
+    code returns whatever the policy (a float32 head), else `None` (the
+    compute dtype).
+    """
 
     name: str
     factory: Callable[[], keras.Layer]
     inputs: Callable[[np.random.Generator], Any]
+    backends: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    output_dtype: str | None = None
+
+    def unavailable(self, backend: str) -> str | None:
+        """Why the entry cannot run on `backend` in this environment, else `None`.
+
+        >>> from keras_policy_ext.testing.zoo import ZOO
+        >>> ZOO["TorchModuleWrapper"].unavailable("jax")
+        'TorchModuleWrapper runs on torch only'
+        >>> ZOO["Dense"].unavailable("jax") is None
+        True
+        """
+        if self.backends and backend not in self.backends:
+            return f"{self.name} runs on {', '.join(self.backends)} only"
+        missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"{self.name} needs {', '.join(missing)}, which is not installed"
+        return None
 
 
 def _normal(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
@@ -51,6 +78,35 @@ def _normal(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
 
 def _ints(high: int, *shape: int) -> Callable[[np.random.Generator], np.ndarray]:
     return lambda rng: rng.integers(0, high, size=shape).astype("int32")
+
+
+def _matmul_layer(head: bool = False) -> keras.Layer:
+    """A custom layer written the ordinary way: `ops.matmul(x, self.w)` in `call`.
+
+    With `head`, it casts its result to float32, as keras-hub's heads do.
+    """
+    import keras
+
+    class MatmulLayer(keras.layers.Layer):
+        def build(self, input_shape: Any) -> None:
+            self.w = self.add_weight(shape=(input_shape[-1], 4), name="w")
+
+        def call(self, x: Any) -> Any:
+            y = keras.ops.matmul(x, self.w)
+            return keras.ops.cast(y, "float32") if head else y
+
+    return MatmulLayer(name="float32_head" if head else None)
+
+
+def _torch_module() -> keras.Layer:
+    import torch
+
+    torch.manual_seed(0)
+    return L.TorchModuleWrapper(torch.nn.Linear(8, 4), output_shape=(2, 4))
+
+
+def _integer_lookup() -> keras.Layer:
+    return L.IntegerLookup(vocabulary=[1, 2, 3, 4])
 
 
 def _pair(*shape: int, as_list: bool = False) -> Callable[[np.random.Generator], Any]:
@@ -75,7 +131,19 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("SimpleRNN", lambda: L.SimpleRNN(4), _normal(2, 5, 3)),
         ZooEntry("LSTM", lambda: L.LSTM(4), _normal(2, 5, 3)),
         ZooEntry("GRU", lambda: L.GRU(4), _normal(2, 5, 3)),
-        ZooEntry("Bidirectional", lambda: L.Bidirectional(L.GRU(4)), _normal(2, 5, 3)),
+        ZooEntry(
+            "Bidirectional(SimpleRNN)", lambda: L.Bidirectional(L.SimpleRNN(4)), _normal(2, 5, 3)
+        ),
+        ZooEntry("Bidirectional(LSTM)", lambda: L.Bidirectional(L.LSTM(4)), _normal(2, 5, 3)),
+        ZooEntry("Bidirectional(GRU)", lambda: L.Bidirectional(L.GRU(4)), _normal(2, 5, 3)),
+        ZooEntry("ConvLSTM1D", lambda: L.ConvLSTM1D(2, 3), _normal(2, 3, 6, 2)),
+        ZooEntry("ConvLSTM2D", lambda: L.ConvLSTM2D(2, 3), _normal(2, 3, 5, 5, 2)),
+        ZooEntry("ConvLSTM3D", lambda: L.ConvLSTM3D(2, 3), _normal(2, 2, 4, 4, 4, 1)),
+        ZooEntry("MatmulLayer", _matmul_layer, _normal(2, 8)),
+        ZooEntry(
+            "Float32Head", lambda: _matmul_layer(head=True), _normal(2, 8), output_dtype="float32"
+        ),
+        ZooEntry("TorchModuleWrapper", _torch_module, _normal(2, 8), backends=("torch",)),
         ZooEntry(
             "MultiHeadAttention",
             lambda: L.MultiHeadAttention(num_heads=2, key_dim=4),
@@ -98,6 +166,10 @@ ZOO: dict[str, ZooEntry] = {
             lambda: L.CategoryEncoding(num_tokens=6, output_mode="multi_hot"),
             _ints(6, 2, 3),
         ),
+        ZooEntry(
+            "Hashing", lambda: L.Hashing(num_bins=5), _ints(20, 2, 3), requires=("tensorflow",)
+        ),
+        ZooEntry("IntegerLookup", _integer_lookup, _ints(6, 2, 3), requires=("tensorflow",)),
         ZooEntry("Softmax", lambda: L.Softmax(), _normal(2, 8)),
         ZooEntry("Activation", lambda: L.Activation("gelu"), _normal(2, 8)),
         ZooEntry("Dropout", lambda: L.Dropout(0.5), _normal(2, 8)),

@@ -105,8 +105,12 @@ def _torch_module() -> keras.Layer:
     return L.TorchModuleWrapper(torch.nn.Linear(8, 4), output_shape=(2, 4))
 
 
-def _integer_lookup() -> keras.Layer:
-    return L.IntegerLookup(vocabulary=[1, 2, 3, 4])
+def _integer_lookup(output_mode: str = "int") -> keras.Layer:
+    return L.IntegerLookup(vocabulary=[1, 2, 3, 4], output_mode=output_mode)
+
+
+def _int_pair(high: int, *shape: int) -> Callable[[np.random.Generator], Any]:
+    return lambda rng: ([rng.integers(0, high, size=shape).astype("int32") for _ in range(2)],)
 
 
 def _pair(*shape: int, as_list: bool = False) -> Callable[[np.random.Generator], Any]:
@@ -170,6 +174,20 @@ ZOO: dict[str, ZooEntry] = {
             "Hashing", lambda: L.Hashing(num_bins=5), _ints(20, 2, 3), requires=("tensorflow",)
         ),
         ZooEntry("IntegerLookup", _integer_lookup, _ints(6, 2, 3), requires=("tensorflow",)),
+        ZooEntry(
+            "IntegerLookup(multi_hot)",
+            lambda: _integer_lookup("multi_hot"),
+            _ints(6, 2, 3),
+            requires=("tensorflow",),
+            # Keras declares its encodings in `floatx()` whatever the policy.
+            output_dtype="float32",
+        ),
+        ZooEntry(
+            "HashedCrossing(one_hot)",
+            lambda: L.HashedCrossing(num_bins=5, output_mode="one_hot"),
+            _int_pair(20, 4),
+            requires=("tensorflow",),
+        ),
         ZooEntry("Softmax", lambda: L.Softmax(), _normal(2, 8)),
         ZooEntry("Activation", lambda: L.Activation("gelu"), _normal(2, 8)),
         ZooEntry("Dropout", lambda: L.Dropout(0.5), _normal(2, 8)),

@@ -2,7 +2,8 @@
 
 `run_matrix` is what `keras-policy-ext check` runs. Each backend's child
 (`python -m keras_policy_ext.cli.matrix IN OUT`) checks the zoo entries
-and user targets on its backend and reports progress on stderr.
+and user targets on its backend and reports progress on stderr. JAX's
+float64 policies run in a second JAX child with x64 on (`X64_CHILD`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from keras_policy_ext.backends import BACKENDS, check_backends, installed_backends
-from keras_policy_ext.cli.runner import PROGRESS, child_main, run_per_backend
+from keras_policy_ext.cli.runner import PROGRESS, Child, ChildResult, child_main, run_children
 
 
 class TargetError(ValueError):
@@ -37,7 +38,8 @@ class MatrixResult:
 
     `backends[b]` holds `cases` (each a `CaseResult` dict), `notes`, and
     `skipped` (not installed) or `error` (the backend's process crashed or
-    timed out: its finished cases are kept). `status()` is the command's
+    timed out: its finished cases are kept). JAX's cases from both its
+    processes (see `run_matrix`) are under `jax`. `status()` is the command's
     exit status: 2 when a backend failed to run or no case ran at all (zero
     cases run is never a pass), else 1 when a kpe case has findings (a Keras
     case too with `fail_on_keras`), else 0. `ok` is `status() == 0`.
@@ -391,17 +393,30 @@ def run_matrix(
     backend is raised here. A backend's process that crashes or runs past
     `timeout` seconds is reported in its result's `error`, with the cases it
     finished.
+
+    JAX holds float64 only with x64 on, which JAX reads once, at import: unless
+    `JAX_ENABLE_X64` is on here already, the policies with a float64 compute
+    or variable dtype run in a second JAX process with `JAX_ENABLE_X64=1`
+    (`X64_CHILD`, so named to `on_progress` and `on_tick`), the others in
+    the first. Their cases are reported under `jax`, in the order one process
+    gives (layer by layer, each under the policies in the order given), with
+    a note; a failure of either process is `jax`'s `error`.
     """
     from keras_policy_ext.testing.zoo import DEFAULT_POLICIES, ZOO, select
 
     wanted = list(backends) if backends else list(BACKENDS)
     check_backends(wanted)
     policies = list(policies or DEFAULT_POLICIES)
+    named: dict[str, tuple[str, bool]] = {}  # policy: (its canonical name, float64 in it)
     for policy in policies:
-        if policy not in DEFAULT_POLICIES:  # those need no Keras loaded here to be known
-            from keras_policy_ext import dtype_policies
+        if policy in DEFAULT_POLICIES:  # those need no Keras loaded here to be known
+            named[policy] = (policy, policy == "float64")
+            continue
+        from keras_policy_ext import dtype_policies
 
-            dtype_policies.get(policy)  # a bad name raises here, not in every child
+        parsed = dtype_policies.get(policy)  # a bad name raises here, not in every child
+        dtypes = (parsed.compute_dtype, parsed.variable_dtype)
+        named[policy] = (parsed.name, "float64" in dtypes)
     include_zoo = bool(layers) or not targets
     if layers and not select(layers):
         raise TargetError(f"no zoo layer matches {', '.join(layers)}; zoo layers: {', '.join(ZOO)}")
@@ -417,49 +432,118 @@ def run_matrix(
         "sources": list(sources),
     }
 
-    def on_line(backend: str, line: str) -> None:
+    def on_line(name: str, line: str) -> None:
         if on_progress is not None and line.startswith(PROGRESS):
             done, total = map(int, line.split()[1].split("/"))
-            on_progress(backend, done, total)
+            on_progress(name, done, total)
 
+    children = _children(run, args, [p for p in policies if named[p][1]])
     start = time.perf_counter()
-    children = (
-        run_per_backend(
-            "keras_policy_ext.cli.matrix",
-            args,
-            run,
-            on_line=on_line,
-            on_tick=on_tick,
-            timeout=timeout,
-            verbose=verbose,
-        )
-        if run
-        else {}
+    finished = run_children(
+        "keras_policy_ext.cli.matrix",
+        children,
+        on_line=on_line,
+        on_tick=on_tick,
+        timeout=timeout,
+        verbose=verbose,
     )
+    layer_order = [e.name for e in select(layers)] if include_zoo else []
+    order = _case_order([*layer_order, *targets], [named[p][0] for p in policies])
     results: dict[str, dict[str, Any]] = {}
     for backend in wanted:
         if backend not in available:
             results[backend] = {"skipped": f"{backend} is not installed"}
             continue
-        child = children[backend]
+        parts = [(n, finished[n]) for n, child in children.items() if child.backend == backend]
+        results[backend] = _backend_result(backend, parts, order)
+    return MatrixResult(results, time.perf_counter() - start)
+
+
+# JAX reads `JAX_ENABLE_X64` once, at import: without it, JAX holds no float64
+# (a float64 variable holds float32). JAX's float64 policies run in a second JAX
+# process of JAX's own with x64 on, so the others run as a user runs them (x64
+# off, JAX's default). That process checks float64 alone (a sixth of JAX's cases
+# by default) and takes no helper (`CHILD_PROCESSES`): with the first JAX
+# process's helper, the machine's cores are shared by enough processes already.
+X64_CHILD = "jax (x64)"
+X64_ENV = {"JAX_ENABLE_X64": "1"}
+X64_NOTE = "JAX's float64 cases ran in a second JAX process, with JAX_ENABLE_X64=1"
+_ON = ("1", "y", "yes", "t", "true", "on")  # what JAX reads as on
+
+
+def jax_x64_on(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether an environment (default: this process's) turns JAX's x64 on.
+
+    `JAX_ENABLE_X64` is read as JAX reads it. When it is on here, one JAX
+    process checks every policy, float64 too.
+
+    >>> from keras_policy_ext.cli.matrix import jax_x64_on
+    >>> jax_x64_on({"JAX_ENABLE_X64": "true"}), jax_x64_on({"JAX_ENABLE_X64": "0"}), jax_x64_on({})
+    (True, False, False)
+    """
+    environ = os.environ if environ is None else environ
+    return environ.get("JAX_ENABLE_X64", "").lower() in _ON
+
+
+def _children(run: Sequence[str], args: dict, float64: Sequence[str]) -> dict[str, Child]:
+    """A child per backend to run; JAX's `float64` policies split off into `X64_CHILD`."""
+    children = {backend: Child(backend, args) for backend in run}
+    if "jax" not in children or not float64 or jax_x64_on():
+        return children
+    rest = [p for p in args["policies"] if p not in float64]
+    x64 = Child("jax", {**args, "policies": list(float64), "processes": 1}, dict(X64_ENV))
+    split: dict[str, Child] = {}
+    for name, child in children.items():
+        if name == "jax":
+            if rest:  # float64 alone: the x64 process is JAX's only one
+                split[name] = Child("jax", {**args, "policies": rest})
+            split[X64_CHILD] = x64
+        else:
+            split[name] = child
+    return split
+
+
+def _case_order(layers: Sequence[str], policies: Sequence[str]) -> Callable[[dict], tuple]:
+    """A sort key: cases in the order one process gives, by layer, then by policy."""
+    layer_at = {name: i for i, name in reversed(list(enumerate(layers)))}
+    policy_at = {name: i for i, name in reversed(list(enumerate(policies)))}
+    return lambda case: (
+        layer_at.get(case["layer"], len(layer_at)),
+        policy_at.get(case["policy"], len(policy_at)),
+    )
+
+
+def _backend_result(
+    backend: str, parts: Sequence[tuple[str, ChildResult]], order: Callable[[dict], tuple]
+) -> dict[str, Any]:
+    """One backend's result from its processes' events (JAX's: one or two processes)."""
+    cases: list[dict] = []
+    notes: list[str] = []
+    errors: list[str] = []
+    for name, child in parts:
         events = child.events
         for event in events:
             if "target_error" in event:
                 raise TargetError(event["target_error"])
-        result: dict[str, Any] = {
-            "cases": [e["case"] for e in events if "case" in e],
-            "notes": [e["note"] for e in events if "note" in e],
-            "seconds": round(child.seconds, 1),
-        }
+        cases += [e["case"] for e in events if "case" in e]
+        notes += [e["note"] for e in events if "note" in e]
         if not child.finished:
             started = [e["start"] for e in events if "start" in e]
             where = f"; it was checking {started[-1]}" if started else ""
-            result["error"] = f"{child.error}{where}"
-        result["ok"] = "error" not in result and not any(
-            c["findings"] for c in result["cases"] if c["source"] == "kpe"
-        )
-        results[backend] = result
-    return MatrixResult(results, time.perf_counter() - start)
+            process = "" if name == backend else f"{name} process: "
+            errors.append(f"{process}{child.error}{where}")
+    if any(name == X64_CHILD for name, _ in parts):
+        cases.sort(key=order)  # stable: each case's sources stay in their order
+        notes.append(X64_NOTE)
+    result: dict[str, Any] = {
+        "cases": cases,
+        "notes": list(dict.fromkeys(notes)),
+        "seconds": round(max(child.seconds for _, child in parts), 1),
+    }
+    if errors:
+        result["error"] = "; ".join(errors)
+    result["ok"] = not errors and not any(c["findings"] for c in cases if c["source"] == "kpe")
+    return result
 
 
 def _check_spec(spec: str) -> tuple[str, str, str]:
@@ -571,7 +655,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def _child(args: dict, emit: Callable[[dict], None]) -> None:
     backend = os.environ.get("KERAS_BACKEND", "")
-    processes = CHILD_PROCESSES.get(backend, 1) if _cores() > 1 else 1
+    processes = args.get("processes") or CHILD_PROCESSES.get(backend, 1)
+    if _cores() < 2:
+        processes = 1
     with _child_environment(backend):
         if "counter" in args:  # a helper of another backend's process
             _work(args, emit)

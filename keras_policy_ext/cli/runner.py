@@ -1,5 +1,8 @@
 """One subprocess per Keras backend: Keras reads `KERAS_BACKEND` once, at import.
 
+A backend may have more than one child, each with its own arguments and
+environment (`run_children`): JAX reads `JAX_ENABLE_X64` once, at import, too.
+
 A child (`python -m MODULE IN OUT`) reads its arguments as JSON from `IN`
 and appends one JSON object per line to `OUT` as it goes, ending with
 `{"end": true}`; so what a child finished survives its crash, a timeout or
@@ -19,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from keras_policy_ext.cli.quiet import QUIET_ENV, is_native_log
@@ -31,7 +34,7 @@ PROGRESS = "kpe-progress"
 
 @dataclasses.dataclass
 class ChildResult:
-    """What one backend's child wrote, and whether it finished."""
+    """What one child wrote, and whether it finished."""
 
     events: list[dict]  # every JSON line but the end marker, in order
     finished: bool  # wrote the end marker and exited with status 0
@@ -69,6 +72,22 @@ def child_main(run: Callable[[dict, Emitter], None]) -> None:
     emit.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class Child:
+    """One child process of `run_children`: its backend, arguments and environment.
+
+    `env` adds variables for this child alone (they win over the parent's).
+
+    >>> from keras_policy_ext.cli.runner import Child
+    >>> Child("jax", {"policies": ["float64"]}, {"JAX_ENABLE_X64": "1"}).backend
+    'jax'
+    """
+
+    backend: str
+    args: dict[str, Any]
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
 def run_per_backend(
     module: str,
     args: dict[str, Any],
@@ -82,24 +101,52 @@ def run_per_backend(
 ) -> dict[str, ChildResult]:
     """Runs `python -m module IN OUT` once per backend, concurrently.
 
-    `on_line(backend, line)` receives each stderr line of a child (native
+    `run_children` with one child per backend, named by its backend, each
+    given `args`; `env` adds variables for every child.
+
+    >>> from keras_policy_ext.cli.runner import run_per_backend
+    >>> run_per_backend("keras_policy_ext.cli.matrix", {}, [])
+    {}
+    """
+    children = {b: Child(b, args, dict(env or {})) for b in backends}
+    return run_children(
+        module, children, on_line=on_line, on_tick=on_tick, timeout=timeout, verbose=verbose
+    )
+
+
+def run_children(
+    module: str,
+    children: Mapping[str, Child],
+    *,
+    on_line: Callable[[str, str], None] | None = None,
+    on_tick: Callable[[dict[str, float | None]], None] | None = None,
+    timeout: float | None = None,
+    verbose: bool = False,
+) -> dict[str, ChildResult]:
+    """Runs `python -m module IN OUT` once per child, concurrently; results by child name.
+
+    Each child runs with `KERAS_BACKEND` set to its backend and its own `env`
+    added. `on_line(name, line)` receives each stderr line of a child (native
     log lines only with `verbose`, which also echoes every line to this
-    process's stderr); `on_tick({backend: seconds running, or None once it
-    stopped})` is called about twice a second. A child still running after
-    `timeout` seconds is stopped and reported as timed out. `env` adds
-    variables for every child.
+    process's stderr, after `[name]`); `on_tick({name: seconds running, or
+    None once it stopped})` is called about twice a second. A child still
+    running after `timeout` seconds is stopped and reported as timed out.
+
+    >>> from keras_policy_ext.cli.runner import run_children
+    >>> run_children("keras_policy_ext.cli.matrix", {})
+    {}
     """
     with tempfile.TemporaryDirectory(prefix="kpe-") as tmp:
-        children: dict[str, tuple[subprocess.Popen, str, float]] = {}
-        tails: dict[str, list[str]] = {b: [] for b in backends}
+        running: dict[str, tuple[subprocess.Popen, str, float]] = {}
+        tails: dict[str, list[str]] = {name: [] for name in children}
         readers: list[threading.Thread] = []
         try:
-            for backend in backends:
-                path_in = os.path.join(tmp, f"{backend}.in.json")
-                path_out = os.path.join(tmp, f"{backend}.out.jsonl")
+            for n, (name, spec) in enumerate(children.items()):
+                path_in = os.path.join(tmp, f"{n}.in.json")  # a name may hold any character
+                path_out = os.path.join(tmp, f"{n}.out.jsonl")
                 with open(path_in, "w", encoding="utf-8") as f:
-                    json.dump(args, f)
-                child_env = {**os.environ, **QUIET_ENV, **(env or {}), "KERAS_BACKEND": backend}
+                    json.dump(spec.args, f)
+                child_env = {**os.environ, **QUIET_ENV, **spec.env, "KERAS_BACKEND": spec.backend}
                 if verbose:
                     child_env.pop("TF_CPP_MIN_LOG_LEVEL", None)
                 child = subprocess.Popen(
@@ -112,21 +159,21 @@ def run_per_backend(
                     errors="replace",
                     start_new_session=True,  # ours to stop; a terminal's ^C reaches us only
                 )
-                children[backend] = (child, path_out, time.monotonic())
+                running[name] = (child, path_out, time.monotonic())
                 reader = threading.Thread(
-                    target=_drain, args=(backend, child, on_line, tails[backend], verbose)
+                    target=_drain, args=(name, child, on_line, tails[name], verbose)
                 )
                 reader.start()
                 readers.append(reader)
-            timed_out = _wait(children, timeout, on_tick)
+            timed_out = _wait(running, timeout, on_tick)
             for reader in readers:
                 reader.join()
         finally:
-            for child, _, _ in children.values():
+            for child, _, _ in running.values():
                 _stop(child)
         return {
-            backend: _result(backend, child, path_out, started, timed_out, timeout, tails[backend])
-            for backend, (child, path_out, started) in children.items()
+            name: _result(name, child, path_out, started, timed_out, timeout, tails[name])
+            for name, (child, path_out, started) in running.items()
         }
 
 

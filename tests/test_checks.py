@@ -217,3 +217,56 @@ def test_a_model_checked_under_rules_is_judged_per_layer():
         ("output", "float16", "output 0 is float32")
     ]
     assert not kpe.is_installed()  # the check put the plugin back as it was
+
+
+class _Float32Head(keras.layers.Layer):
+    """Returns float32 whatever its policy, as keras-hub's heads do."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(shape=(input_shape[-1], 3), name="w")
+
+    def call(self, x):
+        return ops.cast(ops.matmul(x, self.w), "float32")
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16", "float16"])
+def test_a_deliberate_float32_head_is_held_to_its_own_dtype(policy):
+    kept = check_layer(_Float32Head, X, [policy], sources=["kpe", "keras"], output_dtype="float32")
+    assert kept.ok, str(kept)
+    # Held to the compute dtype instead, its float32 output is a finding, eager and symbolic
+    # agreeing (float32 both).
+    report = check_layer(_Float32Head, X, [policy], train=False)
+    assert [(f.check, f.expected) for f in report.findings] == [
+        ("output", kpe.DTypePolicy(policy).compute_dtype)
+    ]
+
+
+class _DeclaresInt64(keras.layers.Layer):
+    """Returns int32 eagerly and declares int64 symbolically (JAX's Hashing, stock)."""
+
+    def call(self, x):
+        return ops.cast(x, "int32")
+
+    def compute_output_spec(self, x):
+        return keras.KerasTensor(x.shape, "int64")
+
+
+def test_integer_outputs_are_checked_eager_against_symbolic():
+    report = check_layer(_DeclaresInt64, np.ones((2, 3), "int32"), ["mixed_float16"])
+    assert [(f.check, f.seen) for f in report.findings] == [("symbolic", "int64")]
+    assert "KerasTensor 0 is int32, as eagerly" in report.findings[0].expected
+
+
+def test_zoo_layers_a_backend_lacks_are_noted_not_checked():
+    from keras_policy_ext.cli.matrix import check_here
+
+    events = []
+    check_here(["TorchModuleWrapper"], True, [], ["float32"], ["kpe"], events.append)
+    cases = [e["case"] for e in events if "case" in e]
+    notes = [e["note"] for e in events if "note" in e]
+    if BACKEND == "torch":
+        assert [(c["layer"], list(c["findings"])) for c in cases] == [("TorchModuleWrapper", [])]
+        assert notes == []
+    else:
+        assert cases == []
+        assert notes == [f"TorchModuleWrapper runs on torch only: not checked on {BACKEND}"]

@@ -195,3 +195,22 @@ def test_a_backend_that_failed_to_run_is_not_a_pass():
     ran = {"ok": True, "cases": [{**case, "findings": []}]}
     assert MatrixResult({BACKEND: ran}, 0.1).ok
     assert not MatrixResult({BACKEND: ran, "other": {"error": "exit status 1"}}, 0.1).ok
+
+
+def test_a_refusal_is_reported_with_its_reason_and_is_not_a_finding():
+    from keras_policy_ext.cli import formats
+    from keras_policy_ext.cli.matrix import MatrixResult
+
+    reason = "keras_policy_ext refuses Dense 'd' under policy 'float64' on the jax backend: x64"
+    cases = [
+        {"layer": "Dense", "policy": "float64", "source": "kpe", "findings": [], "refused": reason},
+        {"layer": "Dense", "policy": "float32", "source": "kpe", "findings": []},
+    ]
+    result = MatrixResult({"jax": {"cases": cases}}, 1.0)
+    assert result.status() == 0
+    text = formats.table(result)
+    assert text.startswith("CONFORMS") and "1 refused" in text
+    assert "Dense  float64  refused" in text
+    assert f"Refused:\n- Dense under 'float64' on jax: {reason}" in text
+    assert f"- Dense under 'float64' on jax: {reason}" in formats.markdown(result)
+    assert "Dense  float32" not in text  # an ok row stays out (--all prints it)

@@ -119,8 +119,26 @@ def _grid(result: MatrixResult, every_row: bool) -> tuple[list[str], list[list[s
     return ["layer", "policy", *backends], rows
 
 
+def refusals(result: MatrixResult) -> list[str]:
+    """`layer under policy on backend: reason` for every refused case.
+
+    >>> from keras_policy_ext.cli.matrix import MatrixResult
+    >>> case = {"layer": "Dense", "policy": "float64", "source": "kpe", "findings": [],
+    ...         "refused": "keras_policy_ext refuses Dense ...: set JAX_ENABLE_X64=1"}
+    >>> refusals(MatrixResult({"jax": {"cases": [case]}}, 2.0))
+    ["Dense under 'float64' on jax: keras_policy_ext refuses Dense ...: set JAX_ENABLE_X64=1"]
+    """
+    return [
+        f"{c['layer']} under {c['policy']!r} on {backend}: {c['refused']}"
+        for backend, r in result.backends.items()
+        for c in r.get("cases", [])
+        if c.get("refused")
+    ]
+
+
 def table(result: MatrixResult, every_row: bool = False, fail_on_keras: bool = False) -> str:
-    """The summary, then the rows with findings or refusals (every row with `every_row`)."""
+    """The summary, then the rows with findings or refusals (every row with `every_row`),
+    then each refusal's reason."""
     header, rows = _grid(result, every_row)
     text = summary(result, fail_on_keras)
     if not rows:
@@ -131,6 +149,9 @@ def table(result: MatrixResult, every_row: bool = False, fail_on_keras: bool = F
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    refused = refusals(result)
+    if refused:
+        lines += ["", "Refused:", *(f"- {r}" for r in refused)]
     return text + "\n\n" + "\n".join(lines)
 
 
@@ -157,6 +178,9 @@ def markdown(result: MatrixResult, every_row: bool = True, fail_on_keras: bool =
     if rows:
         lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    refused = refusals(result)
+    if refused:
+        lines += ["", "Refused:", "", *(f"- {r}" for r in refused)]
     return "\n".join(lines)
 
 

@@ -6,7 +6,9 @@ import):
 - the eager call time of a stock `keras.layers.Dense(64)` under
   `mixed_bfloat16` on a float32 (32, 64) input, which the layer must cast:
   one layer built with `dtype=kpe.DTypePolicy("mixed_bfloat16")`, one with
-  `dtype=keras.DTypePolicy("mixed_bfloat16")`;
+  `dtype=keras.DTypePolicy("mixed_bfloat16")`; and again with kpe's calls
+  made while the plugin is installed (kpe's fixes of Keras's defects in
+  place), Keras's on stock Keras;
 - `policy.convert_input(x, True, "bfloat16")` alone, for the same two
   policies, on a float32 backend tensor;
 - on JAX only, the `convert_element_type` equations (sub-jaxprs included) in
@@ -33,6 +35,7 @@ measured, met or missed; 1 when a measurement process failed (its row reads
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import statistics
 import sys
@@ -51,30 +54,37 @@ WARMUP_CALLS = 100
 FAILED_CASE = "benchmark process"
 
 
-def _per_call_us(fn, calls: int) -> float:
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        return (time.perf_counter() - start) / calls * 1e6
-    finally:
-        gc.enable()
+def _per_call_us(fn, calls: int, context=contextlib.nullcontext) -> float:
+    """Per-call time of `fn` in µs, timed inside `context()` (entered untimed)."""
+    with context():
+        gc.disable()
+        try:
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            return (time.perf_counter() - start) / calls * 1e6
+        finally:
+            gc.enable()
 
 
-def _compare(kpe_fn, keras_fn, rounds: int, calls: int) -> dict:
-    """Median per-call times and median per-round ratio, kpe vs Keras."""
+def _compare(kpe_fn, keras_fn, rounds: int, calls: int, kpe_context=contextlib.nullcontext) -> dict:
+    """Median per-call times and median per-round ratio, kpe vs Keras.
+
+    kpe's calls run inside `kpe_context()` (the plugin, say), Keras's outside it.
+    """
+    with kpe_context():
+        for _ in range(WARMUP_CALLS):
+            kpe_fn()
     for _ in range(WARMUP_CALLS):
-        kpe_fn()
         keras_fn()
     kpe_us, keras_us = [], []
     for i in range(rounds):
         gc.collect()
         if i % 2:
             keras_us.append(_per_call_us(keras_fn, calls))
-            kpe_us.append(_per_call_us(kpe_fn, calls))
+            kpe_us.append(_per_call_us(kpe_fn, calls, kpe_context))
         else:
-            kpe_us.append(_per_call_us(kpe_fn, calls))
+            kpe_us.append(_per_call_us(kpe_fn, calls, kpe_context))
             keras_us.append(_per_call_us(keras_fn, calls))
     ratio = statistics.median(k / r for k, r in zip(kpe_us, keras_us))
     return {
@@ -137,6 +147,15 @@ def measure(backend: str, rounds: int, quick: bool) -> list[dict]:
         {
             "case": f"Dense(64) call, {POLICY}",
             **_compare(lambda: kpe_dense(x), lambda: keras_dense(x), rounds, dense_calls),
+        },
+        {
+            # kpe's layer with the plugin installed (kpe's fixes of Keras's defects
+            # in place: on torch, a variable's value and Keras's type promotion),
+            # against Keras's layer on stock Keras.
+            "case": f"Dense(64) call, {POLICY}, plugin installed",
+            **_compare(
+                lambda: kpe_dense(x), lambda: keras_dense(x), rounds, dense_calls, kpe.installed
+            ),
         },
         {
             "case": "convert_input",

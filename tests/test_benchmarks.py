@@ -27,7 +27,11 @@ def test_overhead_quick_run_prints_every_row():
     missed = [row for row in rows if row.rstrip().endswith("| no |")]
     assert ("Missed targets:" in result.stdout) is bool(missed), result.stdout
     cases = {row.split("|")[2].strip() for row in rows}
-    expected = {"Dense(64) call, mixed_bfloat16", "convert_input"}
+    expected = {
+        "Dense(64) call, mixed_bfloat16",
+        "Dense(64) call, mixed_bfloat16, plugin installed",
+        "convert_input",
+    }
     if BACKEND == "jax":
         expected |= {"jaxpr casts, mixed_float16", "jaxpr casts, mixed_bfloat16"}
     assert cases == expected, result.stdout

@@ -467,3 +467,17 @@ def test_status_and_formats():
     assert names == ["a.md", "b.md", "c.md"]
     assert suite.find("testcase[@name='b.md']/failure").text == "boom\n"
     assert suite.find("testcase[@name='c.md']/error").get("message") == "crashed"
+
+
+@pytest.mark.parametrize("library", BACKENDS)
+def test_skip_without_a_library_skips_only_where_it_is_not_installed(tmp_path, library):
+    from keras_policy_ext.backends import installed_backends
+
+    path = tmp_path / "needs.md"
+    # The output is wrong on purpose: run, the example fails; skipped, it cannot.
+    path.write_text(f">>> 1 + 1  # doctest: +SKIP_WITHOUT_{library.upper()}\n3\n>>> 2\n2\n")
+    result = doctests.run_file(str(path))
+    installed = library in installed_backends()
+    assert (result["attempted"], result["failed"], result["skipped"]) == (
+        (2, 1, 0) if installed else (1, 0, 1)
+    ), result

@@ -8,6 +8,7 @@ fixture, which reverts them and checks that every patched Keras attribute is
 back.
 """
 
+import importlib.util
 import inspect
 import json
 import os
@@ -39,6 +40,12 @@ def _holds_float64():
 
 
 HOLDS_FLOAT64 = _holds_float64()
+# Keras runs Hashing, HashedCrossing and the lookup layers on TensorFlow, which a
+# one-backend env of jax or torch does not install.
+HAS_TF = importlib.util.find_spec("tensorflow") is not None
+NEEDS_TF = pytest.mark.skipif(
+    not HAS_TF, reason="Keras runs this preprocessing layer on TensorFlow, not installed here"
+)
 NO_X64 = pytest.mark.skipif(
     not HOLDS_FLOAT64, reason="JAX without x64 cannot hold float64: refused (test_refusal_*)"
 )
@@ -207,11 +214,13 @@ def test_every_fix_is_documented():
 
 # What the probes find on Keras 3.15.1 (a JAX process without x64).
 EVERYWHERE = {"half_precision_initializers", "category_encoding_dtype", "lookup_encoded_dtype"}
+# HashedCrossing's probe runs the layer, on TensorFlow: without it, it finds nothing.
+CROSSING = {"hashed_crossing_dtype"} if HAS_TF else set()
 PROBED = {
-    "jax": {*EVERYWHERE, "jax_int64_specs", "hashed_crossing_dtype"},
+    "jax": {*EVERYWHERE, "jax_int64_specs", *CROSSING},
     "torch": {
         *EVERYWHERE,
-        "hashed_crossing_dtype",
+        *CROSSING,
         "torch_symbolic_autocast",
         "float64_promotion",
         "torch_module_wrapper_dtype",
@@ -226,7 +235,10 @@ def test_probes_reproduce_the_defects_of_keras_3_15():
 
 
 def test_apply_all_applies_what_the_probes_find_and_reverts(no_fixes):
-    assert set(keras_fixes.apply_all()) == {f.name for f in keras_fixes.FIXES if f.probe()}
+    expected = {
+        f.name for f in keras_fixes.FIXES if f.concerns() and (f.probe_on_call or f.probe())
+    }
+    assert set(keras_fixes.apply_all()) == expected  # a probe_on_call fix probes when called
     assert keras_fixes.apply_all() == keras_fixes.applied()  # idempotent
 
 
@@ -577,8 +589,11 @@ def test_float64_conforms_on_jax_with_x64():
     )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
-    # With x64, float64_promotion applies and jax_int64_specs does not (int64 is held).
-    assert set(result.pop("applied")) == PROBED["jax"] - {"jax_int64_specs"} | {"float64_promotion"}
+    # With x64, float64_promotion applies and jax_int64_specs does not (int64 is held);
+    # hashed_crossing_dtype is applied unprobed (it probes on its first call).
+    assert set(result.pop("applied")) == (PROBED["jax"] | {"hashed_crossing_dtype"}) - {
+        "jax_int64_specs"
+    } | {"float64_promotion"}
     assert result == {
         "keras_before": ["float32", "float64"],  # logaddexp demoted, Dense kept
         "kpe": ["float64", "float64"],
@@ -632,6 +647,7 @@ def _call_both(layer, args):
     return eager, dtype(layer(*[symbolic(a) for a in args]))
 
 
+@NEEDS_TF
 @pytest.mark.skipif(
     BACKEND != "jax" or HOLDS_FLOAT64, reason="JAX without x64 only: elsewhere int64 is held"
 )
@@ -641,6 +657,7 @@ def test_keras_policy_int_outputs_declare_int64_return_int32_on_jax(fixes, name)
     assert _call_both(factory(keras.DTypePolicy(policy)), args) == ("int32", "int64")
 
 
+@NEEDS_TF
 @pytest.mark.parametrize("name", sorted(INT_LAYERS))
 def test_int_outputs_agree_eager_and_symbolic(fixes, name):
     factory, args, policy = INT_LAYERS[name]
@@ -648,6 +665,7 @@ def test_int_outputs_agree_eager_and_symbolic(fixes, name):
     assert eager == symbolic == ("int64" if HOLDS_FLOAT64 else "int32")
 
 
+@NEEDS_TF
 def test_int_outputs_agree_in_a_functional_model(fixes):
     inputs = keras.Input((1,), dtype="int64")
     outputs = L.Hashing(5, dtype=kpe.DTypePolicy("int64"))(inputs)
@@ -692,6 +710,7 @@ ENCODED = {
 }
 
 
+@NEEDS_TF
 @pytest.mark.parametrize("name", sorted(ENCODED))
 def test_keras_policy_lookup_encodings_are_integer_eagerly(fixes, name):
     factory, args = ENCODED[name]
@@ -699,6 +718,7 @@ def test_keras_policy_lookup_encodings_are_integer_eagerly(fixes, name):
     assert (eager, symbolic) == ("int64" if HOLDS_FLOAT64 else "int32", "float32")
 
 
+@NEEDS_TF
 @pytest.mark.parametrize("name", sorted(ENCODED))
 @pytest.mark.parametrize("policy", ("float32", "mixed_bfloat16"))
 def test_lookup_encodings_agree_eager_and_symbolic(fixes, name, policy):
@@ -728,6 +748,7 @@ def hashed_crossing(policy):
 CROSSING_INPUTS = ((np.array([1, 2]), np.array([3, 4])),)
 
 
+@NEEDS_TF
 @pytest.mark.parametrize("policy", MIXED)
 def test_keras_policy_hashed_crossing_returns_variable_dtype(fixes, policy):
     eager, symbolic = _call_both(hashed_crossing(keras.DTypePolicy(policy)), CROSSING_INPUTS)
@@ -736,6 +757,7 @@ def test_keras_policy_hashed_crossing_returns_variable_dtype(fixes, policy):
     assert (eager, symbolic) == ("float32" if wrong else compute, compute)
 
 
+@NEEDS_TF
 @pytest.mark.parametrize("policy", (*MIXED, "float32"))
 def test_hashed_crossing_conforms(fixes, policy):
     layer = hashed_crossing(kpe.DTypePolicy(policy))
@@ -846,11 +868,12 @@ HARMLESS = {
         lambda: (np.array([[0, 1, 1]], "int32"),),
     ),
     "MatmulLayer": (lambda p: MatmulLayer(dtype=p), lambda: (normal(2, 4),)),
-    "Hashing": (
+}
+if HAS_TF:
+    HARMLESS["Hashing"] = (
         lambda p: L.Hashing(5, output_mode="one_hot", dtype=p),
         lambda: (np.array([[1], [2]], "int64"),),
-    ),
-}
+    )
 
 
 @pytest.mark.parametrize("fix", [f.name for f in keras_fixes.FIXES])

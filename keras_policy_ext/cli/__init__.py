@@ -282,7 +282,8 @@ def _parser() -> argparse.ArgumentParser:
         "files one after another: a file that crashes its process or runs past "
         "--timeout is that file's error, and a new process goes on with the next. "
         "'# doctest: +SKIP_JAX' (or +SKIP_TORCH, +SKIP_TENSORFLOW) skips an "
-        "example on that backend. Exit status: 0 when every example passed, 1 "
+        "example on that backend, '+SKIP_WITHOUT_TENSORFLOW' (or _JAX, _TORCH) where "
+        "that library is not installed. Exit status: 0 when every example passed, 1 "
         "when one failed, 2 when a file could not be read (before anything "
         "runs), imported or run to its end, or no example ran.",
     )

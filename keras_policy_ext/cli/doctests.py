@@ -5,7 +5,9 @@ describes (fences, lists, blockquotes, code blocks); a Python file is
 imported and its docstrings' examples run. `ELLIPSIS` and
 `NORMALIZE_WHITESPACE` are on. An example is skipped on one backend with a
 directive, as doctest's own directives work: `>>> x = 1  # doctest:
-+SKIP_TORCH` (also `+SKIP_JAX`, `+SKIP_TENSORFLOW`). Each file gets fresh
++SKIP_TORCH` (also `+SKIP_JAX`, `+SKIP_TENSORFLOW`); `+SKIP_WITHOUT_TENSORFLOW`
+(also `_JAX`, `_TORCH`) skips it where that library is not installed (Keras's
+preprocessing layers run on TensorFlow, whatever the backend). Each file gets fresh
 globals, `setup` code run in them first, and kpe installed for it with
 `plugin=True`; global policy state is restored after each file.
 
@@ -55,7 +57,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from keras_policy_ext.backends import BACKENDS
+from keras_policy_ext.backends import BACKENDS, installed_backends
 from keras_policy_ext.cli.docsource import (
     DocstringParser,
     check_files,
@@ -81,8 +83,12 @@ __all__ = [
     "to_junit",
 ]
 
-# Option flags for `# doctest: +SKIP_JAX` etc., by backend.
+# Option flags for `# doctest: +SKIP_JAX` etc., by backend; and for
+# `# doctest: +SKIP_WITHOUT_TENSORFLOW` etc.: an example that needs another
+# backend's library (Keras's preprocessing layers run on TensorFlow) is skipped
+# where it is not installed.
 SKIP_FLAGS = {b: doctest.register_optionflag(f"SKIP_{b.upper()}") for b in BACKENDS}
+SKIP_WITHOUT_FLAGS = {b: doctest.register_optionflag(f"SKIP_WITHOUT_{b.upper()}") for b in BACKENDS}
 OPTIONFLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 VERDICTS = {0: "OK", 1: "FAILED", 2: "INCOMPLETE"}
 # Seconds a backend's process may take to start (import Keras) on top of its files' `timeout`.
@@ -97,12 +103,15 @@ class _BackendRunner(doctest.DocTestRunner):
 
     def __init__(self, backend: str) -> None:
         super().__init__(verbose=False, optionflags=OPTIONFLAGS)
-        self.skip_flag = SKIP_FLAGS[backend]
+        installed = installed_backends()
+        self.skip_flags = [SKIP_FLAGS[backend]] + [
+            flag for b, flag in SKIP_WITHOUT_FLAGS.items() if b not in installed
+        ]
         self.skipped = 0
 
     def run(self, test: doctest.DocTest, *args: Any, **kwargs: Any) -> Any:
         for example in test.examples:
-            if example.options.get(self.skip_flag):
+            if any(example.options.get(flag) for flag in self.skip_flags):
                 example.options[doctest.SKIP] = True
             if example.options.get(doctest.SKIP):
                 self.skipped += 1

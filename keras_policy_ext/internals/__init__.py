@@ -1,9 +1,11 @@
-"""Every Keras internal kpe relies on, in one module, each checked and named.
+"""Every Keras internal kpe relies on, in one package, each checked and named.
 
 Keras 3 has no public hook for what kpe does (resolve every layer's policy
 through kpe, place a layer by rules while it is built, read Keras's own
 per-thread global), so kpe reaches into Keras here and nowhere else: the
-other modules call the functions below. `INTERNALS` lists each internal,
+other modules call the functions below, and `keras_policy_ext.internals.fixes`
+the fixes of Keras's defects under kpe policies (each names the attributes it
+patches, and the plugin applies them). `INTERNALS` lists each internal,
 what kpe uses it for and the Keras versions it was verified against;
 `check()` probes them and raises a `RuntimeError` naming what is missing
 (`keras_policy_ext.install()` calls it, and the policy module checks the

@@ -13,6 +13,7 @@ without paying for a backend it never runs. A factory loads Keras when called.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -99,8 +100,9 @@ def _matmul_layer(head: bool = False) -> keras.Layer:
 
 
 def _torch_module() -> keras.Layer:
-    import torch
-
+    # The entry runs on the torch backend only, where Keras has imported torch:
+    # taken from there, so that kpe itself imports no backend.
+    torch = sys.modules["torch"]
     torch.manual_seed(0)
     return L.TorchModuleWrapper(torch.nn.Linear(8, 4), output_shape=(2, 4))
 

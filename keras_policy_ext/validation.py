@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, NamedTuple
 
 import keras
 
 from keras_policy_ext import dtype_policies
 from keras_policy_ext.backends import BACKENDS
+from keras_policy_ext.internals import fixes
 
 _FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
 
@@ -51,12 +51,7 @@ class PolicyRefusedError(ValueError):
 
 def _jax_x64_enabled(backend: str) -> bool:
     if backend == keras.backend.backend():
-        # Ask the running backend what a float64 tensor really holds (JAX
-        # warns that it truncates: that is the answer, not news).
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            probe = keras.ops.zeros((), dtype="float64")
-        return keras.backend.standardize_dtype(probe.dtype) == "float64"
+        return fixes.holds_float64()  # what a float64 tensor really holds here
     return os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true")
 
 

@@ -103,8 +103,16 @@ def _dtype(x: Any) -> str:
     return keras.backend.standardize_dtype(x.dtype)
 
 
-def _holds_float64() -> bool:
-    """Whether the running backend can hold float64 (always, except JAX without x64)."""
+def holds_float64() -> bool:
+    """Whether the running backend can hold float64 (always, except JAX without x64).
+
+    Asked of the backend itself: the dtype a float64 tensor really has.
+
+    >>> import keras
+    >>> from keras_policy_ext.internals.fixes import holds_float64
+    >>> holds_float64() or keras.backend.backend() == "jax"
+    True
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # JAX warns that it truncates: that is the answer
         return _dtype(ops.zeros((), dtype="float64")) == "float64"
@@ -518,7 +526,7 @@ class _Bit64Map(dict):
 
 
 def _probe_float64_promotion() -> bool:
-    if not _holds_float64():
+    if not holds_float64():
         return False  # the backend cannot hold float64 at all: refused instead
     a = ops.ones((2, 2), dtype="float64")
     return any(_dtype(op(a, a)) != "float64" for op in (ops.matmul, ops.logaddexp, ops.arctan2))
@@ -540,7 +548,7 @@ def _x32_spec(spec: Any) -> Any:
 def _make_x32_output_spec(original: Callable) -> Callable:
     def compute_output_spec(self, *args: Any, **kwargs: Any) -> Any:
         spec = original(self, *args, **kwargs)
-        if kpe_policy(self) is None or _holds_float64():
+        if kpe_policy(self) is None or holds_float64():
             return spec
         return _x32_spec(spec)
 
@@ -980,7 +988,7 @@ def refusal(layer: Any, policy: Any = None) -> str | None:
     what = f"{type(layer).__name__} {getattr(layer, 'name', '?')!r} under policy {policy.name!r}"
     head = f"keras_policy_ext refuses {what} on the {backend} backend: "
     dtypes = {policy.compute_dtype, policy.variable_dtype}
-    if backend == "jax" and dtypes & {"float64", "complex128"} and not _holds_float64():
+    if backend == "jax" and dtypes & {"float64", "complex128"} and not holds_float64():
         return head + (
             "JAX runs with x64 disabled, so float64 variables and tensors silently hold "
             "float32 (the variable and the KerasTensor declare float64, the values are "

@@ -29,28 +29,23 @@ POLICIES = ["mixed_float16", "mixed_bfloat16"]
 BATCH, SEQ, VOCAB = 2, 8, 64
 
 
+# BERT's and GPT-2's tiny configs: the same arguments.
+TEXT = dict(
+    vocabulary_size=VOCAB,
+    num_layers=2,
+    num_heads=2,
+    hidden_dim=16,
+    intermediate_dim=32,
+    max_sequence_length=SEQ,
+)
+
+
 def bert(dtype):
-    return keras_hub.models.BertBackbone(
-        vocabulary_size=VOCAB,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=SEQ,
-        dtype=dtype,
-    )
+    return keras_hub.models.BertBackbone(**TEXT, dtype=dtype)
 
 
 def gpt2(dtype):
-    return keras_hub.models.GPT2Backbone(
-        vocabulary_size=VOCAB,
-        num_layers=2,
-        num_heads=2,
-        hidden_dim=16,
-        intermediate_dim=32,
-        max_sequence_length=SEQ,
-        dtype=dtype,
-    )
+    return keras_hub.models.GPT2Backbone(**TEXT, dtype=dtype)
 
 
 def gemma(dtype):

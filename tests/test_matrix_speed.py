@@ -211,3 +211,20 @@ def test_the_command_s_process_loads_no_keras_to_check_names():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+@pytest.mark.parametrize(
+    "policies, loads_keras", [((), False), (("--policies", "float16"), False),
+                              (("--policies", "p=f32,c=bf16"), True)],
+)  # fmt: skip
+def test_the_command_loads_keras_only_to_parse_a_policy_it_does_not_know(policies, loads_keras):
+    """`keras-policy-ext check` itself imports Keras (and with it a backend) only for a
+    policy name that needs Keras's parsing; the backends' processes do the rest."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "keras_policy_ext", "check",
+         "--backends", BACKEND, "--layers", "NoSuchLayer", *policies],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2 and "no zoo layer matches NoSuchLayer" in done.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert ("keras" in imported) is loads_keras, sorted(m for m in imported if "keras" in m)

@@ -1,6 +1,7 @@
 """What makes the matrix fast keeps what it finds: one float32 reference per layer,
 host-side casts, and the backend's process settings (README: "Check speed")."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from keras_policy_ext.cli.matrix import (
     JAX_XLA_FLAG_JAXLIB,
     _child_environment,
     check_here,
+    run_matrix,
 )
 from keras_policy_ext.testing import check_layer
 
@@ -211,6 +213,49 @@ def test_the_command_s_process_loads_no_keras_to_check_names():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stderr
+
+
+def findings_of(result):
+    return sorted(
+        (c["layer"], c["policy"], c["source"], f["check"], f["short"])
+        for c in result.cases()
+        for f in c["findings"]
+    )
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None,
+    reason="the cache is JAX's compilation cache: JAX's processes need JAX installed",
+)
+def test_a_cache_dir_keeps_jax_s_programs_for_the_next_run(bare_environment, tmp_path):
+    """Both JAX processes (float64's, with x64, too) write their programs there; a
+    second run compiles nothing new and finds the same."""
+    cache = tmp_path / "made" / "cache"  # made, parents too
+    x64 = run_matrix(backends=["jax"], layers=["Dense"], policies=["float64"], cache_dir=cache)
+    assert x64.status() == 0 and os.listdir(cache)  # the x64 process alone: it writes there
+    run = dict(backends=["jax"], layers=["Dense", "GRU"], policies=["mixed_float16", "float64"])
+    first = run_matrix(**run, cache_dir=cache)
+    assert first.status() == 0 and len(first.cases()) == 8
+    kept = set(os.listdir(cache))
+    assert f"JAX's compiled programs are kept in {cache}" in first.backends["jax"]["notes"]
+    second = run_matrix(**run, cache_dir=str(cache))
+    assert set(os.listdir(cache)) == kept
+    assert findings_of(second) == findings_of(first)
+    assert [c["layer"] for c in second.cases()] == [c["layer"] for c in first.cases()]
+
+
+def test_a_cache_dir_that_cannot_be_a_directory_is_refused_before_any_process(tmp_path):
+    file = tmp_path / "a_file"
+    file.write_text("")
+    with pytest.raises(ValueError, match=f"cache directory '{file}' is a file"):
+        run_matrix(backends=[BACKEND], layers=["Dense"], cache_dir=file)
+    with pytest.raises(ValueError, match="cannot make cache directory"):
+        run_matrix(backends=[BACKEND], layers=["Dense"], cache_dir=file / "below")
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_policy_ext", "check", "--cache-dir", str(file)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and f"cache directory '{file}' is a file" in done.stderr
 
 
 @pytest.mark.parametrize(

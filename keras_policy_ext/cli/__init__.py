@@ -95,8 +95,9 @@ def _check(args: argparse.Namespace) -> int:
             on_tick=progress.tick,
             timeout=args.timeout,
             verbose=args.verbose,
+            cache_dir=args.cache_dir,
         )
-    except ValueError as e:  # bad names, and TargetError
+    except ValueError as e:  # bad names, a bad cache directory, and TargetError
         progress.close()
         print(f"keras-policy-ext check: error: {e}", file=sys.stderr)
         return 2
@@ -274,6 +275,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--all", action="store_true", help="table: every row, not only findings and refusals"
+    )
+    check.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep the programs JAX compiles in DIR (made if missing) between runs: a "
+        "later run compiles only what is new (default: none kept)",
     )
     _report_options(check, ["table", "markdown", "json", "junit"])
 

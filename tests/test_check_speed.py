@@ -65,3 +65,12 @@ def test_bad_arguments_are_a_usage_error(tmp_path):
     assert result.returncode == 2 and "--rounds" in result.stderr, result.stderr
     result, _ = run("--baseline", str(tmp_path))
     assert result.returncode == 2 and "no keras_policy_ext package" in result.stderr
+
+
+def test_a_warm_run_fills_jax_s_cache_first_and_times_only_the_runs_after():
+    result, rows = run(*SMALL, "--no-alone", "--warm")
+    assert result.returncode == 0, result.stderr
+    assert "filling JAX's cache: this ..." in result.stderr
+    assert "(warm: JAX's compilation cache filled by an untimed run first)" in result.stdout
+    full = [row for row in rows if row[0] == "this"]
+    assert [row[1] for row in full] == ["1"] and full[0][5] == "8", result.stdout

@@ -244,7 +244,7 @@ def test_a_cache_dir_keeps_jax_s_programs_for_the_next_run(bare_environment, tmp
     assert [c["layer"] for c in second.cases()] == [c["layer"] for c in first.cases()]
 
 
-def test_a_cache_dir_that_cannot_be_a_directory_is_refused_before_any_process(tmp_path):
+def test_a_cache_dir_that_cannot_be_a_directory_is_a_usage_error(tmp_path):
     file = tmp_path / "a_file"
     file.write_text("")
     with pytest.raises(ValueError, match=f"cache directory '{file}' is a file"):

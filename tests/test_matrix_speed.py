@@ -251,6 +251,8 @@ def test_a_cache_dir_that_cannot_be_a_directory_is_a_usage_error(tmp_path):
         run_matrix(backends=[BACKEND], layers=["Dense"], cache_dir=file)
     with pytest.raises(ValueError, match="cannot make cache directory"):
         run_matrix(backends=[BACKEND], layers=["Dense"], cache_dir=file / "below")
+    with pytest.raises(ValueError, match="cache directory '' is empty"):  # not the cwd
+        run_matrix(backends=[BACKEND], layers=["Dense"], cache_dir="")
     done = subprocess.run(
         [sys.executable, "-m", "keras_policy_ext", "check", "--cache-dir", str(file)],
         capture_output=True, text=True, timeout=120,

@@ -483,6 +483,8 @@ def _cache_directory(path: str | os.PathLike) -> str:
     ...
     ValueError: cache directory '...' is a file, not a directory
     """
+    if not os.fspath(path):  # an unset variable in `--cache-dir "$DIR"`: not the cwd
+        raise ValueError("cache directory '' is empty: name a directory")
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"cache directory {path!r} is a file, not a directory")

@@ -139,6 +139,7 @@ def run_version(
     args = {"backends": backends, "layers": layers, "policies": policies}
     path = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
     env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # a cold run is cold: not the user's cache
     if cache is not None:
         env |= {"JAX_COMPILATION_CACHE_DIR": cache, **JAX_CACHE_ENV}
     env.pop("KERAS_BACKEND", None)
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     backends = selected(args.backend)
     versions = {"this": ROOT, **({"baseline": args.baseline} if args.baseline else {})}
     runs: dict[str, list[dict]] = {v: [] for v in versions}
+    failures: list[str] = []
     with contextlib.ExitStack() as stack:
         caches = {v: None for v in versions}
         for version in versions if args.warm else ():
@@ -259,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             run = run_version(
                 versions[version], backends, args.layers, args.policies, caches[version]
             )  # fmt: skip
-            runs[version] += [] if not broken(run) else [run]  # only a failure counts
+            failures += [f"{version} warm-up run: {why}" for why in broken(run)]
         for i in range(args.rounds):  # alternate, the order swapping each round
             for version in list(versions)[:: 1 if i % 2 == 0 else -1]:
                 print(f"full run {i + 1}/{args.rounds}: {version} ...", file=sys.stderr, flush=True)
@@ -281,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\nEach backend alone:\n")
         print(alone_table(alone, args.top))
 
-    failures = [f"{v} full run: {why}" for v, rs in runs.items() for r in rs for why in broken(r)]
+    failures += [f"{v} full run: {why}" for v, rs in runs.items() for r in rs for why in broken(r)]
     failures += [
         f"{v} {b} alone: {why}" for v, per in alone.items() for b, r in per.items()
         for why in broken(r)

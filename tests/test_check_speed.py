@@ -67,7 +67,8 @@ def test_bad_arguments_are_a_usage_error(tmp_path):
     assert result.returncode == 2 and "no keras_policy_ext package" in result.stderr
 
 
-def test_a_warm_run_fills_jax_s_cache_first_and_times_only_the_runs_after():
+def test_warm_runs_the_script_end_to_end_with_an_untimed_warm_up_first():
+    # A smoke test: whether JAX's processes use the cache is pinned in test_matrix_speed.
     result, rows = run(*SMALL, "--no-alone", "--warm")
     assert result.returncode == 0, result.stderr
     assert "filling JAX's cache: this ..." in result.stderr

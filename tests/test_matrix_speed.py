@@ -3,6 +3,7 @@ host-side casts, and the backend's process settings (README: "Check speed")."""
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from keras_policy_ext.cli import matrix
 from keras_policy_ext.cli.matrix import (
     CHILD_ENV,
     JAX_CACHE_ENV,
+    JAX_CACHE_ON,
     JAX_XLA_FLAG,
     JAX_XLA_FLAG_JAXLIB,
     _child_environment,
@@ -158,7 +160,7 @@ def test_the_layers_of_a_helper_that_fails_are_checked_by_the_main_process(
 @pytest.fixture
 def bare_environment(monkeypatch):
     names = {n for env in CHILD_ENV.values() for n in env} | set(JAX_CACHE_ENV)
-    for name in names | {"JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS"}:
+    for name in names | {"JAX_COMPILATION_CACHE_DIR", "XLA_FLAGS", "JAX_ENABLE_X64"}:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -223,16 +225,34 @@ def findings_of(result):
     )
 
 
+def test_every_jax_process_gets_the_cache_dir_over_the_user_s_settings():
+    env = {"JAX_COMPILATION_CACHE_DIR": "/c", **JAX_CACHE_ENV, **JAX_CACHE_ON}
+    args = {"policies": ["mixed_float16", "float64"]}
+    children = matrix._children(["jax", "torch"], args, ["float64"], env)
+    assert set(children) == {"jax", matrix.X64_CHILD, "torch"}
+    for name, child in children.items():
+        if child.backend == "jax":  # its helper inherits the main process's environment
+            assert {k: child.env[k] for k in env} == env, name
+        else:
+            assert "JAX_COMPILATION_CACHE_DIR" not in child.env
+    assert children[matrix.X64_CHILD].env["JAX_ENABLE_X64"] == "1"
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("jax") is None,
     reason="the cache is JAX's compilation cache: JAX's processes need JAX installed",
 )
 def test_a_cache_dir_keeps_jax_s_programs_for_the_next_run(bare_environment, tmp_path):
-    """Both JAX processes (float64's, with x64, too) write their programs there; a
-    second run compiles nothing new and finds the same."""
+    """Both JAX processes (float64's, with x64, too) write their programs there, over
+    the user's own JAX settings; a second run compiles nothing new and finds the same."""
+    bare_environment.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "the_user_s"))
+    bare_environment.setenv("JAX_ENABLE_COMPILATION_CACHE", "false")
+    for policy in ("mixed_float16", "float64"):  # the first JAX process; the x64 one
+        alone = tmp_path / policy
+        result = run_matrix(backends=["jax"], layers=["Dense"], policies=[policy], cache_dir=alone)
+        assert result.status() == 0 and os.listdir(alone), policy
+    assert not (tmp_path / "the_user_s").exists()
     cache = tmp_path / "made" / "cache"  # made, parents too
-    x64 = run_matrix(backends=["jax"], layers=["Dense"], policies=["float64"], cache_dir=cache)
-    assert x64.status() == 0 and os.listdir(cache)  # the x64 process alone: it writes there
     run = dict(backends=["jax"], layers=["Dense", "GRU"], policies=["mixed_float16", "float64"])
     first = run_matrix(**run, cache_dir=cache)
     assert first.status() == 0 and len(first.cases()) == 8
@@ -244,20 +264,29 @@ def test_a_cache_dir_keeps_jax_s_programs_for_the_next_run(bare_environment, tmp
     assert [c["layer"] for c in second.cases()] == [c["layer"] for c in first.cases()]
 
 
-def test_a_cache_dir_that_cannot_be_a_directory_is_a_usage_error(tmp_path):
+def test_a_cache_dir_that_cannot_be_a_directory_is_a_usage_error(tmp_path, monkeypatch):
     file = tmp_path / "a_file"
     file.write_text("")
-    with pytest.raises(ValueError, match=f"cache directory '{file}' is a file"):
+    named = re.escape(f"cache directory '{file}' is a file")
+    with pytest.raises(ValueError, match=named):
         run_matrix(backends=[BACKEND], layers=["Dense"], cache_dir=file)
     with pytest.raises(ValueError, match="cannot make cache directory"):
         run_matrix(backends=[BACKEND], layers=["Dense"], cache_dir=file / "below")
     with pytest.raises(ValueError, match="cache directory '' is empty"):  # not the cwd
         run_matrix(backends=[BACKEND], layers=["Dense"], cache_dir="")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if not os.access(locked, os.W_OK):  # root may write anywhere
+        with pytest.raises(ValueError, match=re.escape(f"'{locked}' is not writable")):
+            run_matrix(backends=[BACKEND], layers=["Dense"], cache_dir=locked)
     done = subprocess.run(
         [sys.executable, "-m", "keras_policy_ext", "check", "--cache-dir", str(file)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert done.returncode == 2 and f"cache directory '{file}' is a file" in done.stderr
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert matrix._cache_directory("~/kpe") == str(tmp_path / "kpe")  # `~` expanded, made
+    assert (tmp_path / "kpe").is_dir()
 
 
 @pytest.mark.parametrize(

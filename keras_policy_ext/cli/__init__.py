@@ -78,9 +78,11 @@ def _check(args: argparse.Namespace) -> int:
         print("checking every layer x policy per backend ...", file=sys.stderr)
     from keras_policy_ext.testing.zoo import DEFAULT_POLICIES  # loads no Keras
 
-    if any(p not in DEFAULT_POLICIES for p in policies or ()):
-        # Parsing another policy's name needs Keras (its native log lines go); the
-        # default ones are known without it, so the backends' processes start at once.
+    if args.targets or any(p not in DEFAULT_POLICIES for p in policies or ()):
+        # Parsing another policy's name needs Keras, and finding a target's module
+        # imports its package, which may import Keras: first, with its native log
+        # lines filtered. The default names and the zoo are known without Keras, so
+        # the backends' processes start at once.
         with native_logs_filtered(not args.verbose):
             import keras  # noqa: F401
     progress = _Progress()  # outside the filter: a terminal's live line stays live
@@ -280,7 +282,8 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-dir",
         metavar="DIR",
         help="keep the programs JAX compiles in DIR (made if missing) between runs: a "
-        "later run compiles only what is new (default: none kept)",
+        "later run compiles only what is new (default: none kept, unless "
+        "JAX_COMPILATION_CACHE_DIR names a directory; DIR wins over it)",
     )
     _report_options(check, ["table", "markdown", "json", "junit"])
 

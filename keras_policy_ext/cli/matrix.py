@@ -404,12 +404,14 @@ def run_matrix(
     a note; a failure of either process is `jax`'s `error`.
 
     `cache_dir` (made if missing) keeps the programs JAX's processes compile
-    between runs (JAX's persistent compilation cache, `JAX_COMPILATION_CACHE_DIR`):
-    a later run with the same versions compiles only what is new, which takes
-    about a third off a default run here (README: "Check speed"). Without it,
-    each JAX process compiles into a cache of its own, removed at its end.
-    TensorFlow's and torch's processes run their ops eagerly and compile nothing.
-    A path that cannot be a directory raises `ValueError` before any process starts.
+    between runs (JAX's persistent compilation cache, `JAX_COMPILATION_CACHE_DIR`,
+    which it sets for them over any the environment sets): a later run with the
+    same versions compiles only what is new, which takes about a third off a
+    default run here (README: "Check speed"). Without it, each JAX process and
+    its helper compile into a temporary cache, removed at the end, unless the
+    environment names one. TensorFlow's and torch's processes run their ops
+    eagerly and compile nothing. An empty path, or one that cannot be a
+    writable directory, raises `ValueError` before any process starts.
     """
     from keras_policy_ext.testing.zoo import DEFAULT_POLICIES, ZOO, select
 
@@ -447,7 +449,9 @@ def run_matrix(
             done, total = map(int, line.split()[1].split("/"))
             on_progress(name, done, total)
 
-    jax_env = {} if cache is None else {"JAX_COMPILATION_CACHE_DIR": cache}
+    jax_env = {}  # `--cache-dir` is explicit: it wins over JAX's settings in the environment
+    if cache is not None:
+        jax_env = {"JAX_COMPILATION_CACHE_DIR": cache, **JAX_CACHE_ENV, **JAX_CACHE_ON}
     children = _children(run, args, [p for p in policies if named[p][1]], jax_env)
     start = time.perf_counter()
     finished = run_children(
@@ -469,13 +473,27 @@ def run_matrix(
         results[backend] = _backend_result(backend, parts, order)
         if cache is not None and backend == "jax":
             results[backend]["notes"].append(f"JAX's compiled programs are kept in {cache}")
+            if "error" in results[backend]:
+                results[backend]["notes"].append(STOPPED_CACHE_NOTE.format(cache=cache))
     return MatrixResult(results, time.perf_counter() - start)
 
 
-def _cache_directory(path: str | os.PathLike) -> str:
-    """`path` made absolute, and made if missing; `ValueError` where it cannot be a directory.
+# JAX (0.10) writes a cache entry in place and never rewrites one that exists: a
+# process stopped while writing can leave an entry cut short, read as a miss from
+# then on (a warning in the process's stderr), so that program is compiled anew
+# on every later run.
+STOPPED_CACHE_NOTE = (
+    "a JAX process did not finish: an entry it was writing in {cache} may be cut "
+    "short, and JAX never rewrites one; remove the directory if later runs stay slow"
+)
 
-    >>> import os, tempfile
+
+def _cache_directory(path: str | os.PathLike) -> str:
+    """`path` (`~` expanded) made absolute, and made if missing.
+
+    `ValueError` for an empty path, and one that cannot be a writable directory.
+
+    >>> import tempfile
     >>> from keras_policy_ext.cli.matrix import _cache_directory
     >>> with tempfile.NamedTemporaryFile() as f:
     ...     _cache_directory(f.name)
@@ -485,13 +503,15 @@ def _cache_directory(path: str | os.PathLike) -> str:
     """
     if not os.fspath(path):  # an unset variable in `--cache-dir "$DIR"`: not the cwd
         raise ValueError("cache directory '' is empty: name a directory")
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(os.path.expanduser(os.fspath(path)))
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"cache directory {path!r} is a file, not a directory")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
         raise ValueError(f"cannot make cache directory {path!r}: {e.strerror or e}") from e
+    if not os.access(path, os.W_OK | os.X_OK):  # JAX would only warn, in its stderr
+        raise ValueError(f"cache directory {path!r} is not writable")
     return path
 
 
@@ -635,6 +655,7 @@ JAX_CACHE_ENV = {
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
 }
+JAX_CACHE_ON = {"JAX_ENABLE_COMPILATION_CACHE": "true"}  # with `cache_dir`, over the user's
 # How many processes check a backend's zoo, on a machine with more than one core.
 # JAX compiles every op of every layer in every dtype, which makes its process the
 # longest by far: a helper process takes layers too (the next one left, as each

@@ -264,6 +264,18 @@ def test_a_cache_dir_keeps_jax_s_programs_for_the_next_run(bare_environment, tmp
     assert [c["layer"] for c in second.cases()] == [c["layer"] for c in first.cases()]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="needs JAX installed")
+def test_a_jax_process_stopped_with_a_cache_dir_says_the_cache_may_hold_a_cut_entry(tmp_path):
+    result = run_matrix(backends=["jax"], layers=["Dense"], cache_dir=tmp_path, timeout=0.5)
+    assert result.status() == 2 and "error" in result.backends["jax"]
+    assert matrix.STOPPED_CACHE_NOTE.format(cache=tmp_path) in result.backends["jax"]["notes"]
+    finished = run_matrix(backends=["jax"], layers=["Dense"], policies=["float16"],
+                          cache_dir=tmp_path)  # fmt: skip
+    assert finished.status() == 0 and not any(
+        "did not finish" in note for note in finished.backends["jax"]["notes"]
+    )
+
+
 def test_a_cache_dir_that_cannot_be_a_directory_is_a_usage_error(tmp_path, monkeypatch):
     file = tmp_path / "a_file"
     file.write_text("")

@@ -55,7 +55,7 @@ import tempfile
 
 from per_backend import ROOT, argument_parser, markdown_table, selected
 
-from keras_policy_ext.cli.matrix import JAX_CACHE_ENV
+from keras_policy_ext.cli.matrix import jax_cache_env
 
 TARGET_SECONDS = 45.0
 TARGET_RATIO = 1 / 3
@@ -133,15 +133,15 @@ def run_version(
     Its result: `wall`, and per backend `seconds`, `cases`, `findings`,
     `layers` (`[name, seconds, cases]` in order) and `error`; or `{"error":
     ...}` when the driver itself failed. With `cache`, JAX's processes keep
-    every program they compile in that directory (as `check --cache-dir`
-    does; set through JAX's own variables, so that any version takes it).
+    every program they compile in that directory, with the variables `check
+    --cache-dir` sets (JAX's own, so that any version takes them).
     """
     args = {"backends": backends, "layers": layers, "policies": policies}
     path = os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))
     env = {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("JAX_COMPILATION_CACHE_DIR", None)  # a cold run is cold: not the user's cache
     if cache is not None:
-        env |= {"JAX_COMPILATION_CACHE_DIR": cache, **JAX_CACHE_ENV}
+        env |= jax_cache_env(cache)
     env.pop("KERAS_BACKEND", None)
     with tempfile.TemporaryDirectory(prefix="kpe-check-speed-") as cwd:
         done = subprocess.run(

@@ -226,7 +226,8 @@ def findings_of(result):
 
 
 def test_every_jax_process_gets_the_cache_dir_over_the_user_s_settings():
-    env = {"JAX_COMPILATION_CACHE_DIR": "/c", **JAX_CACHE_ENV, **JAX_CACHE_ON}
+    env = matrix.jax_cache_env("/c")
+    assert env == {"JAX_COMPILATION_CACHE_DIR": "/c", **JAX_CACHE_ENV, **JAX_CACHE_ON}
     args = {"policies": ["mixed_float16", "float64"]}
     children = matrix._children(["jax", "torch"], args, ["float64"], env)
     assert set(children) == {"jax", matrix.X64_CHILD, "torch"}

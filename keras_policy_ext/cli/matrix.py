@@ -449,9 +449,7 @@ def run_matrix(
             done, total = map(int, line.split()[1].split("/"))
             on_progress(name, done, total)
 
-    jax_env = {}  # `--cache-dir` is explicit: it wins over JAX's settings in the environment
-    if cache is not None:
-        jax_env = {"JAX_COMPILATION_CACHE_DIR": cache, **JAX_CACHE_ENV, **JAX_CACHE_ON}
+    jax_env = {} if cache is None else jax_cache_env(cache)
     children = _children(run, args, [p for p in policies if named[p][1]], jax_env)
     start = time.perf_counter()
     finished = run_children(
@@ -486,6 +484,19 @@ STOPPED_CACHE_NOTE = (
     "a JAX process did not finish: an entry it was writing in {cache} may be cut "
     "short, and JAX never rewrites one; remove the directory if later runs stay slow"
 )
+
+
+def jax_cache_env(cache: str) -> dict[str, str]:
+    """What JAX's processes get to keep every program they compile in `cache`.
+
+    Explicit (`--cache-dir`), so it wins over JAX's cache settings in the
+    environment; JAX's own variables, so that any version of kpe takes them.
+
+    >>> from keras_policy_ext.cli.matrix import jax_cache_env
+    >>> jax_cache_env("/tmp/c")["JAX_COMPILATION_CACHE_DIR"]
+    '/tmp/c'
+    """
+    return {"JAX_COMPILATION_CACHE_DIR": cache, **JAX_CACHE_ENV, **JAX_CACHE_ON}
 
 
 def _cache_directory(path: str | os.PathLike) -> str:
@@ -655,7 +666,7 @@ JAX_CACHE_ENV = {
     "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
 }
-JAX_CACHE_ON = {"JAX_ENABLE_COMPILATION_CACHE": "true"}  # with `cache_dir`, over the user's
+JAX_CACHE_ON = {"JAX_ENABLE_COMPILATION_CACHE": "true"}  # `jax_cache_env`: over the user's
 # How many processes check a backend's zoo, on a machine with more than one core.
 # JAX compiles every op of every layer in every dtype, which makes its process the
 # longest by far: a helper process takes layers too (the next one left, as each

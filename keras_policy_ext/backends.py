@@ -11,9 +11,32 @@ True
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 BACKENDS = ("jax", "tensorflow", "torch")
+_ON = ("1", "y", "yes", "t", "true", "on")  # what JAX reads as on, in any case
+
+
+def jax_x64_on(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether an environment (default: this process's) turns JAX's x64 on.
+
+    `JAX_ENABLE_X64` is read as JAX reads it at import: on for `1`, `y`,
+    `yes`, `t`, `true` and `on`, in any case; off when unset or anything else
+    (JAX itself refuses a value that is neither on nor off).
+
+    Args:
+        environ: the environment to read; `None` for `os.environ`.
+
+    Returns:
+        `True` when a JAX started with that environment holds float64.
+
+    >>> from keras_policy_ext.backends import jax_x64_on
+    >>> jax_x64_on({"JAX_ENABLE_X64": "Yes"}), jax_x64_on({"JAX_ENABLE_X64": "0"}), jax_x64_on({})
+    (True, False, False)
+    """
+    environ = os.environ if environ is None else environ
+    return environ.get("JAX_ENABLE_X64", "").lower() in _ON
 
 
 def installed_backends() -> list[str]:

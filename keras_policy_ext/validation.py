@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, NamedTuple
 
 import keras
 
 from keras_policy_ext import dtype_policies
-from keras_policy_ext.backends import BACKENDS
+from keras_policy_ext.backends import BACKENDS, jax_x64_on
 from keras_policy_ext.internals import fixes
 
 _FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
@@ -52,7 +51,7 @@ class PolicyRefusedError(ValueError):
 def _jax_x64_enabled(backend: str) -> bool:
     if backend == keras.backend.backend():
         return fixes.holds_float64()  # what a float64 tensor really holds here
-    return os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true")
+    return jax_x64_on()  # another backend's process: what JAX would read at import
 
 
 def validate(policy: Any, backend: str | None = None) -> Validation:

@@ -1,7 +1,6 @@
 """The checker's own failure detection: deliberately wrong layers are reported."""
 
 import json
-import os
 import warnings
 
 import keras
@@ -10,6 +9,7 @@ import pytest
 from keras import ops
 
 import keras_policy_ext as kpe
+from keras_policy_ext.backends import jax_x64_on
 from keras_policy_ext.testing import ConformanceError, assert_conforms, check_layer
 
 BACKEND = keras.backend.backend()
@@ -134,7 +134,7 @@ def test_float64_a_backend_cannot_hold_is_refused_under_kpe_and_a_finding_under_
     )
     kpe_case, keras_case = report.cases
     holds = float64_really_holds_float64()
-    x64 = os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true")
+    x64 = jax_x64_on()
     assert holds is not (BACKEND == "jax" and not x64)
     # kpe: refused when the layer is built (plugin installed), with the fix; never a finding.
     assert kpe_case.findings == ()

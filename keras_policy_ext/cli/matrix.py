@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from keras_policy_ext.backends import BACKENDS, check_backends, installed_backends
+from keras_policy_ext.backends import BACKENDS, check_backends, installed_backends, jax_x64_on
 from keras_policy_ext.cli.runner import PROGRESS, Child, ChildResult, child_main, run_children
 
 
@@ -535,21 +535,6 @@ def _cache_directory(path: str | os.PathLike) -> str:
 X64_CHILD = "jax (x64)"
 X64_ENV = {"JAX_ENABLE_X64": "1"}
 X64_NOTE = "JAX's float64 cases ran in a second JAX process, with JAX_ENABLE_X64=1"
-_ON = ("1", "y", "yes", "t", "true", "on")  # what JAX reads as on
-
-
-def jax_x64_on(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether an environment (default: this process's) turns JAX's x64 on.
-
-    `JAX_ENABLE_X64` is read as JAX reads it. When it is on here, one JAX
-    process checks every policy, float64 too.
-
-    >>> from keras_policy_ext.cli.matrix import jax_x64_on
-    >>> jax_x64_on({"JAX_ENABLE_X64": "true"}), jax_x64_on({"JAX_ENABLE_X64": "0"}), jax_x64_on({})
-    (True, False, False)
-    """
-    environ = os.environ if environ is None else environ
-    return environ.get("JAX_ENABLE_X64", "").lower() in _ON
 
 
 def _children(

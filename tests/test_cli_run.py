@@ -1,5 +1,6 @@
 """`keras-policy-ext check` as a CI job meets it: verdicts, timeouts, signals, quiet output."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -47,6 +48,16 @@ TARGETS = textwrap.dedent(
     def exits():
         sys.exit(3)
 
+    def stubborn():
+        # Like hangs, and ignores SIGTERM: only SIGKILL stops it.
+        if _in_bfloat16():
+            import signal
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            with open(os.environ["KPE_TEST_PID_FILE"], "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(600)
+        return keras.layers.Dense(2), np.ones((2, 3), "float32")
+
     def dies():
         if _in_bfloat16():
             os._exit(3)
@@ -55,9 +66,21 @@ TARGETS = textwrap.dedent(
 )
 
 
+# Packages whose `__init__` misbehaves; each `mod` holds a good target.
+PACKAGES = {
+    "kpe_pkg_exit": "import sys\nsys.exit(0)\n",
+    "kpe_pkg_raise": "raise RuntimeError('the package cannot start')\n",
+    "kpe_pkg_print": "print('the package talks on stdout')\n",
+}
+
+
 @pytest.fixture
 def env(tmp_path):
     (tmp_path / "kpe_run_targets.py").write_text(TARGETS)
+    for package, init in PACKAGES.items():
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text(init)
+        (tmp_path / package / "mod.py").write_text("from kpe_run_targets import keras_only\n")
     (tmp_path / "tmp").mkdir()
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env.get("PYTHONPATH", "")])
@@ -129,6 +152,52 @@ def test_sigterm_stops_the_backend_processes_and_removes_temporary_files(env, tm
     assert not os.listdir(tmp_path / "tmp")
 
 
+@pytest.mark.skipif(
+    importlib.util.find_spec("jax") is None, reason="needs JAX: the helper processes are JAX's"
+)
+def test_sigterm_with_a_cache_dir_stops_jax_s_helpers_and_removes_their_files(env, tmp_path):
+    # JAX's process shares the zoo with a helper, through files in a temporary
+    # directory; with --cache-dir too, a SIGTERM must still let it remove them.
+    layers = "Dense,Conv1D,Conv2D,LSTM,GRU,SimpleRNN"
+    command = [sys.executable, "-m", "keras_policy_ext", "check", "--backends", "jax",
+               "--layers", layers, "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    parent = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not any(n.startswith("kpe-helpers-") for n in os.listdir(tmp_path / "tmp")):
+        assert parent.poll() is None, parent.communicate()
+        assert time.monotonic() < deadline, "JAX's helper never started"
+        time.sleep(0.2)
+    time.sleep(1)
+    parent.send_signal(signal.SIGTERM)
+    out, err = parent.communicate(timeout=60)
+    assert parent.returncode == 130, out + err
+    assert not os.listdir(tmp_path / "tmp")
+
+
+def test_a_second_interrupt_still_stops_a_backend_process_slow_to_stop(env, tmp_path):
+    command = [sys.executable, "-m", "keras_policy_ext", "check", "kpe_run_targets:stubborn",
+               *TWO]  # fmt: skip
+    parent = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    pid_file = tmp_path / "child.pid"
+    deadline = time.monotonic() + 300
+    while not pid_file.exists() or not pid_file.read_text():
+        assert parent.poll() is None, parent.communicate()
+        assert time.monotonic() < deadline, "the target never started hanging"
+        time.sleep(0.5)
+    child = int(pid_file.read_text())
+    parent.send_signal(signal.SIGINT)
+    time.sleep(1)
+    parent.send_signal(signal.SIGINT)  # while the first one waits for the child
+    out, err = parent.communicate(timeout=60)
+    assert parent.returncode == 130, out + err
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
 @pytest.mark.parametrize(
     "target, message",
     [
@@ -140,6 +209,7 @@ def test_a_target_that_exits_is_reported_legibly(env, target, message):
     result = cli("check", f"kpe_run_targets:{target}", *TWO, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stdout + result.stderr
+    assert f"kpe_run_targets:{target}" in result.stdout + result.stderr  # named
     assert "RuntimeWarning" not in result.stdout + result.stderr
 
 
@@ -165,13 +235,69 @@ def test_markdown_format_has_the_verdict_and_the_grid(env):
     assert "| Dense | mixed_bfloat16 | ok |" in lines
 
 
-def test_usage_errors_are_reported_before_any_backend_process_starts(env):
+def test_usage_errors_are_reported_before_any_backend_process_starts(env, tmp_path):
     for args, message in [
         (["--layers", "NoSuchLayer"], "no zoo layer matches NoSuchLayer"),
+        (["--layers", "Dense,NoSuchLayer"], "no zoo layer matches NoSuchLayer"),
+        (["--layers", ""], "--layers is empty"),
+        (["--layers", " , "], "--layers is empty"),
+        (["--policies", ""], "--policies is empty"),
         (["--policies", "float33"], "float33"),
         (["no_such_module_kpe_x:make"], "cannot import 'no_such_module_kpe_x'"),
+        (["kpe_pkg_raise.nope:make"], "cannot import 'kpe_pkg_raise.nope'"),
         (["--timeout", "0"], "expected a number of seconds > 0"),
+        (["--output", str(tmp_path / "no_dir" / "r.json")], "cannot write the report"),
+        (["--output", str(tmp_path)], "cannot write the report"),
     ]:
-        result = cli("check", "--backends", BACKEND, *args, env=env)
-        assert result.returncode == 2 and message in result.stderr, result.stderr
+        result = cli("check", "--backends", BACKEND, "--layers", "Dense", *args, env=env)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert "checking " + BACKEND not in result.stderr  # no backend process ran
+        assert "Traceback" not in result.stderr
+    result = cli("check", "--backends", "", "--layers", "Dense", env=env)
+    assert result.returncode == 2 and "--backends is empty" in result.stderr, result.stderr
+    assert not (tmp_path / "no_dir").exists()
+
+
+def test_a_target_s_package_runs_only_in_the_backend_processes(env):
+    # The command finds a target's module without running its package's code: an
+    # `__init__` that exits, raises or prints is the target's error, in its process.
+    result = cli("check", "kpe_pkg_exit.mod:keras_only", *TWO, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "kpe_pkg_exit.mod" in result.stdout + result.stderr
+    assert "sys.exit(0)" in result.stdout + result.stderr
+    result = cli("check", "kpe_pkg_raise.mod:keras_only", *TWO, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the package cannot start" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    result = cli("check", "kpe_pkg_print.mod:keras_only", *TWO, "--format", "json", env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(json.loads(result.stdout)["backends"][BACKEND]["cases"]) == 4
+
+
+def test_the_installed_command_finds_a_target_in_the_current_directory(env, tmp_path):
+    # README: "The current directory is on the import path", as for `python -m`.
+    command = os.path.join(os.path.dirname(sys.executable), "keras-policy-ext")
+    if not os.path.exists(command):
+        pytest.skip("keras-policy-ext is not installed next to this Python")
+    env = {k: v for k, v in env.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [command, "check", "kpe_run_targets:keras_only", *TWO],
+        capture_output=True, text=True, env=env, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("CONFORMS: 4 cases")
+
+
+def test_repeated_and_duplicate_options_add_up_once(env):
+    result = cli(
+        "check", "--backends", BACKEND, "--backends", BACKEND, "--layers", "Dense",
+        "--layers", "Softmax,Dense", "--policies", "float32", "--policy", "float32",
+        "--policies", "mixed_bfloat16,p=f32,c=bf16", "--all", env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"CONFORMS: 8 cases on {BACKEND}"), result.stdout
+    rows = [r.split()[:2] for r in result.stdout.splitlines() if r.startswith(("Dense", "Softmax"))]
+    assert sorted(map(tuple, rows)) == [
+        ("Dense", "float32"), ("Dense", "mixed_bfloat16"),
+        ("Softmax", "float32"), ("Softmax", "mixed_bfloat16"),
+    ]  # fmt: skip

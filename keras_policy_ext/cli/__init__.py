@@ -10,6 +10,7 @@ backend process that crashed or timed out.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -78,11 +79,16 @@ def _check(args: argparse.Namespace) -> int:
         print("checking every layer x policy per backend ...", file=sys.stderr)
     from keras_policy_ext.testing.zoo import DEFAULT_POLICIES  # loads no Keras
 
-    if args.targets or any(p not in DEFAULT_POLICIES for p in policies or ()):
-        # Parsing another policy's name needs Keras, and finding a target's module
-        # imports its package, which may import Keras: first, with its native log
-        # lines filtered. The default names and the zoo are known without Keras, so
-        # the backends' processes start at once.
+    if args.output:
+        problem = _unwritable(args.output)
+        if problem:
+            print(f"keras-policy-ext check: error: {problem}", file=sys.stderr)
+            return 2
+    if any(p not in DEFAULT_POLICIES for p in policies or ()):
+        # Parsing another policy's name needs Keras: first, with its native log
+        # lines filtered. The default names, the zoo and a target's module (found
+        # on disk, its code run only in the backends' processes) are known without
+        # Keras, so the backends' processes start at once.
         with native_logs_filtered(not args.verbose):
             import keras  # noqa: F401
     progress = _Progress()  # outside the filter: a terminal's live line stays live
@@ -144,8 +150,32 @@ def _doctest(args: argparse.Namespace) -> int:
     return doctest_status(results)
 
 
+def _unwritable(path: str) -> str:
+    """Why a report cannot be written to `path` (checked before the run), else `""`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        return f"cannot write the report to {path!r}: it is a directory"
+    if not os.path.isdir(folder):
+        return f"cannot write the report to {path!r}: no directory {folder!r}"
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        return f"cannot write the report to {path!r}: not writable"
+    return ""
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _names(option: str, split: Callable[[str], list[str]] = _csv) -> Callable[[str], list[str]]:
+    """An option's type: its comma-separated names; none at all is a usage error."""
+
+    def parse(value: str) -> list[str]:
+        names = split(value)
+        if not names:
+            raise argparse.ArgumentTypeError(f"{option} is empty: name at least one")
+        return names
+
+    return parse
 
 
 def _policies(value: str) -> list[str]:
@@ -172,7 +202,7 @@ def _policies(value: str) -> list[str]:
 
 
 def _backends(value: str) -> list[str]:
-    names = _csv(value)
+    names = _names("--backends")(value)
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         raise argparse.ArgumentTypeError(
@@ -249,11 +279,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--backends",
         type=_backends,
+        action="extend",
         help=f"comma-separated, of {', '.join(BACKENDS)} (default: all)",
     )
     check.add_argument(
         "--policies",
-        type=_policies,
+        type=_names("--policies", _policies),
+        action="extend",
         help="comma-separated policies (default: float32, float64, float16, bfloat16, "
         "mixed_float16, mixed_bfloat16); a role spec keeps its own commas: "
         "--policies float32,p=f32,c=bf16",
@@ -265,7 +297,11 @@ def _parser() -> argparse.ArgumentParser:
         help="one policy, repeatable (--policy p=f32,c=bf16 --policy float16)",
     )
     check.add_argument(
-        "--layers", type=_csv, default=[], help="comma-separated zoo layer names or parts of names"
+        "--layers",
+        type=_names("--layers"),
+        action="extend",
+        default=[],
+        help="comma-separated zoo layer names or parts of names",
     )
     check.add_argument(
         "--kpe-only", action="store_true", help="skip the comparison with Keras's own policies"
@@ -304,7 +340,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctest.add_argument("files", nargs="+", metavar="FILE")
     doctest.add_argument(
-        "--backends", type=_backends, help="comma-separated (default: every installed backend)"
+        "--backends",
+        type=_backends,
+        action="extend",
+        help="comma-separated (default: every installed backend)",
     )
     doctest.add_argument(
         "--setup",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -102,6 +103,10 @@ def load_target(spec: str) -> tuple[str, Callable[[], Any]]:
         obj = importlib.import_module(module_name)
     except Exception as e:
         raise TargetError(f"cannot import {module_name!r} for target {spec!r}: {e}") from e
+    except SystemExit as e:
+        raise TargetError(
+            f"target {spec!r}: importing {module_name!r} called sys.exit({e.code!r})"
+        ) from e
     try:
         for part in attr.split("."):
             obj = getattr(obj, part)
@@ -415,11 +420,10 @@ def run_matrix(
     """
     from keras_policy_ext.testing.zoo import DEFAULT_POLICIES, ZOO, select
 
-    wanted = list(backends) if backends else list(BACKENDS)
+    wanted = list(dict.fromkeys(backends)) if backends else list(BACKENDS)
     check_backends(wanted)
-    policies = list(policies or DEFAULT_POLICIES)
     named: dict[str, tuple[str, bool]] = {}  # policy: (its canonical name, float64 in it)
-    for policy in policies:
+    for policy in policies or DEFAULT_POLICIES:
         if policy in DEFAULT_POLICIES:  # those need no Keras loaded here to be known
             named[policy] = (policy, policy == "float64")
             continue
@@ -428,9 +432,18 @@ def run_matrix(
         parsed = dtype_policies.get(policy)  # a bad name raises here, not in every child
         dtypes = (parsed.compute_dtype, parsed.variable_dtype)
         named[policy] = (parsed.name, "float64" in dtypes)
+    # A policy named twice (`p=f32,c=bf16` is `mixed_bfloat16`) is checked once.
+    firsts: dict[str, str] = {}
+    for policy in named:
+        firsts.setdefault(named[policy][0], policy)
+    policies = list(firsts.values())
     include_zoo = bool(layers) or not targets
-    if layers and not select(layers):
-        raise TargetError(f"no zoo layer matches {', '.join(layers)}; zoo layers: {', '.join(ZOO)}")
+    unmatched = [pattern for pattern in layers or () if not select([pattern])]
+    if unmatched:
+        raise TargetError(
+            f"no zoo layer matches {', '.join(unmatched)}; zoo layers: {', '.join(ZOO)}"
+        )
+    targets = list(dict.fromkeys(targets))
     for spec in targets:
         _check_spec(spec)
     cache = _cache_directory(cache_dir) if cache_dir is not None else None
@@ -616,13 +629,37 @@ def _check_spec(spec: str) -> tuple[str, str, str]:
             f"invalid target {spec!r}: expected 'module:callable', such as "
             "'my_pkg.layers:make_block'"
         )
-    try:
-        found = importlib.util.find_spec(module_name)
-    except (ImportError, ValueError):
-        found = None
-    if found is None:
+    if not _module_found(module_name):
         raise TargetError(f"cannot import {module_name!r} for target {spec!r}: no such module")
     return module_name, sep, attr
+
+
+def _module_found(module_name: str) -> bool:
+    """Whether `module_name` is on the import path, found without running any of its code.
+
+    `importlib.util.find_spec("pkg.mod")` imports `pkg` and so runs its
+    `__init__`, which may exit, raise, print or hang in the command's own
+    process: here each package is found on disk, and only the backends'
+    processes import it. The current directory is searched first, as
+    `python -m` (how those processes start) puts it first on their path.
+    """
+    parts = module_name.split(".")
+    if not all(part.isidentifier() for part in parts):
+        return False
+    top = parts[0]
+    found = importlib.machinery.PathFinder.find_spec(top, [os.getcwd()])
+    if found is None:
+        try:
+            found = importlib.util.find_spec(top)  # a top-level name runs no code
+        except (ImportError, ValueError):
+            return False
+    for i, part in enumerate(parts[1:], 1):
+        package = sys.modules.get(".".join(parts[:i]))  # imported already: its own path
+        where = getattr(package, "__path__", None) or (found and found.submodule_search_locations)
+        if not where:
+            return False
+        found = importlib.machinery.PathFinder.find_spec(part, list(where))
+    return found is not None
 
 
 # What a backend's process sets before Keras loads, where the environment does
@@ -665,25 +702,23 @@ def _child_environment(backend: str) -> Iterator[None]:
     """Sets `CHILD_ENV[backend]` (JAX: the flag and the cache too) where unset.
 
     Meant for a backend's own process, before Keras loads there: the variables
-    stay set, and only a cache directory made here is removed at the end (also
-    when the process is stopped with SIGTERM). A variable the environment sets
-    already wins, and a `JAX_COMPILATION_CACHE_DIR` it names is used as it is.
+    stay set, and only a cache directory made here is removed at the end. A
+    variable the environment sets already wins, and a `JAX_COMPILATION_CACHE_DIR`
+    it names is used as it is. SIGTERM unwinds the process as ^C does, so that
+    what it made (this cache, its helpers' files) is removed when it is stopped.
     """
     for key, value in CHILD_ENV.get(backend, {}).items():
         os.environ.setdefault(key, value)
-    if backend != "jax":
-        yield
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "fusion_emitters" not in flags and _jaxlib_verified():
-        os.environ["XLA_FLAGS"] = f"{flags} {JAX_XLA_FLAG}".strip()
-    for key, value in JAX_CACHE_ENV.items():
-        os.environ.setdefault(key, value)
-    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-        yield
-        return
-    cache = tempfile.mkdtemp(prefix="kpe-jax-cache-")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    cache = None
+    if backend == "jax":
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "fusion_emitters" not in flags and _jaxlib_verified():
+            os.environ["XLA_FLAGS"] = f"{flags} {JAX_XLA_FLAG}".strip()
+        for key, value in JAX_CACHE_ENV.items():
+            os.environ.setdefault(key, value)
+        if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            cache = tempfile.mkdtemp(prefix="kpe-jax-cache-")
+            os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
     try:
         previous = signal.signal(signal.SIGTERM, _interrupt)
     except ValueError:  # not the main thread: leave signals alone
@@ -693,7 +728,8 @@ def _child_environment(backend: str) -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        shutil.rmtree(cache, ignore_errors=True)
+        if cache is not None:
+            shutil.rmtree(cache, ignore_errors=True)
 
 
 def _cores() -> int:

@@ -13,6 +13,7 @@ interrupted or exits.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -161,7 +162,7 @@ def run_children(
                 )
                 running[name] = (child, path_out, time.monotonic())
                 reader = threading.Thread(
-                    target=_drain, args=(name, child, on_line, tails[name], verbose)
+                    target=_drain, args=(name, child, on_line, tails[name], verbose), daemon=True
                 )
                 reader.start()
                 readers.append(reader)
@@ -169,8 +170,7 @@ def run_children(
             for reader in readers:
                 reader.join()
         finally:
-            for child, _, _ in running.values():
-                _stop(child)
+            _stop_all([child for child, _, _ in running.values()])
         return {
             name: _result(name, child, path_out, started, timed_out, timeout, tails[name])
             for name, (child, path_out, started) in running.items()
@@ -217,6 +217,39 @@ def _stop(child: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _stop_all(children: Sequence[subprocess.Popen]) -> None:
+    """Stops every child as `_stop` does, together; a ^C meanwhile kills them at once.
+
+    A second ^C (or SIGTERM) while a child is slow to stop would otherwise
+    leave it, and those after it, running in their own sessions.
+    """
+    live = [child for child in children if child.poll() is None]
+    try:
+        for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
+            for child in live:
+                _signal(child, sig)
+            deadline = time.monotonic() + grace
+            for child in live:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(max(0.0, deadline - time.monotonic()))
+            live = [child for child in live if child.poll() is None]
+            if not live:
+                return
+    except KeyboardInterrupt:
+        for child in live:
+            _signal(child, signal.SIGKILL)
+        for child in live:  # reaped, not left a zombie
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(5.0)
+        raise
+
+
+def _signal(child: subprocess.Popen, sig: int) -> None:
+    """Sends `sig` to a child's process group, if it is still there."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, sig)
 
 
 def _result(backend, child, path_out, started, timed_out, timeout, tail) -> ChildResult:

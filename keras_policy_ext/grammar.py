@@ -27,8 +27,6 @@ bfloat16 on a TPU); a key given twice is an error (jmp keeps the last).
 
 from __future__ import annotations
 
-import keras
-
 ROLE_KEYS = {
     "params": "params", "p": "params",
     "compute": "compute", "c": "compute",
@@ -58,6 +56,8 @@ def is_role_spec(name: str) -> bool:
 
 
 def _dtype(spec: str, key: str, value: str) -> str:
+    import keras  # here: the grammar's names are read without Keras (the command's options)
+
     value = DTYPE_ALIASES.get(value, value)
     try:
         return keras.backend.standardize_dtype(value)

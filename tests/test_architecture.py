@@ -52,7 +52,7 @@ LAYERS = {
 }
 # Modules that must import no Keras (nor a backend) when they load.
 KERAS_FREE = (
-    "__init__", "__main__", "backends", "testing", "cli", "cli.quiet", "cli.runner",
+    "__init__", "__main__", "backends", "grammar", "testing", "cli", "cli.quiet", "cli.runner",
     "cli.docsource", "cli.doctests", "testing.multibackend", "testing.pytest_plugin",
 )  # fmt: skip
 # Keras internals: only keras_policy_ext/internals/ touches them.

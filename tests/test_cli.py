@@ -1,5 +1,6 @@
 """`keras-policy-ext`: exit codes, formats, targets, skipped backends, doctest."""
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -214,3 +215,46 @@ def test_a_refusal_is_reported_with_its_reason_and_is_not_a_finding():
     assert f"Refused:\n- Dense under 'float64' on jax: {reason}" in text
     assert f"- Dense under 'float64' on jax: {reason}" in formats.markdown(result)
     assert "Dense  float32" not in text  # an ok row stays out (--all prints it)
+
+
+def _case(source, findings=()):
+    from keras_policy_ext.testing.checks import CaseResult, Finding
+
+    found = tuple(
+        Finding("Dense", "float16", source, BACKEND, "output", "float16", "output 0 is float32", s)
+        for s in findings
+    )
+    return dataclasses.asdict(CaseResult("Dense", "float16", source, BACKEND, found))
+
+
+def test_json_and_junit_give_each_backend_the_run_s_verdict():
+    from keras_policy_ext.cli.formats import junit, to_json
+    from keras_policy_ext.cli.matrix import MatrixResult
+
+    cases = [_case("kpe"), _case("keras", ["out float32"])]
+    ran = {"cases": cases, "notes": [], "seconds": 1.0, "ok": True}
+    result = MatrixResult({BACKEND: ran}, 1.0)
+    for fail_on_keras in (False, True):
+        data = json.loads(to_json(result, fail_on_keras=fail_on_keras))
+        assert data["ok"] is data["backends"][BACKEND]["ok"] is (not fail_on_keras)
+    assert result.backends[BACKEND]["ok"] is True  # the result itself is left as it was
+    # A backend where no case ran (every layer noted as unavailable) is an error, noted.
+    note = "TorchModuleWrapper runs on torch only"
+    empty = MatrixResult({BACKEND: {"cases": [], "notes": [note], "seconds": 1.0, "ok": True}}, 1)
+    suite = ET.fromstring(junit(empty)).find("testsuite")
+    assert suite.get("errors") == "1"
+    assert suite.find("testcase/error").get("message") == f"no case ran on {BACKEND}"
+    assert suite.find("system-out").text == note
+    assert json.loads(to_json(empty))["backends"][BACKEND]["ok"] is False
+
+
+def test_policies_option_splits_role_specs_by_role_whatever_the_key_s_spelling():
+    from keras_policy_ext.cli import _policies
+
+    assert _policies("p=f32,c=bf16,params=float16,compute=float16") == [
+        "p=f32,c=bf16", "params=float16,compute=float16",
+    ]  # fmt: skip
+    assert _policies("compute=bf16,c=f16,o=f32") == ["compute=bf16", "c=f16,o=f32"]
+    assert _policies("float32,p=f32,c=bf16,mixed_float16") == [
+        "float32", "p=f32,c=bf16", "mixed_float16",
+    ]  # fmt: skip

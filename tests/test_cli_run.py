@@ -120,6 +120,7 @@ def test_a_hung_backend_times_out_keeps_what_finished_and_reports_progress(env, 
     backend = data["backends"][BACKEND]
     assert "timed out after 40 s" in backend["error"]
     assert "mixed_bfloat16" in backend["error"]  # what it was checking
+    assert "KeyboardInterrupt" not in backend["error"]  # not the stopped process's traceback
     kept = {(c["policy"], c["source"]) for c in backend["cases"]}
     assert kept == {("float32", "kpe"), ("float32", "keras")}
     # no terminal: a progress line per backend at least every 10 s
@@ -196,6 +197,34 @@ def test_a_second_interrupt_still_stops_a_backend_process_slow_to_stop(env, tmp_
     assert parent.returncode == 130, out + err
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def test_on_a_terminal_the_live_line_shows_a_backend_that_starts_or_hangs(env):
+    import pty
+    import re
+
+    primary, terminal = pty.openpty()
+    command = [sys.executable, "-m", "keras_policy_ext", "check", "kpe_run_targets:hangs",
+               *TWO, "--timeout", "20"]  # fmt: skip
+    parent = subprocess.Popen(
+        command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal
+    )
+    os.close(terminal)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal's other end is closed: the command ended
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(primary)
+    parent.communicate(timeout=60)
+    assert parent.returncode == 2
+    text = seen.decode(errors="replace")
+    seconds = set(re.findall(rf"checking: {BACKEND} [^\r]*?\((\d+) s\)", text))
+    assert len(seconds) >= 5, text  # redrawn as the seconds go by, before any layer ends
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from typing import Any
 
 from keras_policy_ext.backends import BACKENDS
 from keras_policy_ext.cli.quiet import native_logs_filtered
+from keras_policy_ext.grammar import ROLE_KEYS
 
 # How often, at most, a run without a terminal reports its progress.
 HEARTBEAT_SECONDS = 5.0
@@ -48,25 +49,46 @@ class _Progress:
         self.state: dict[str, str] = {}
         self.live = sys.stderr.isatty()
         self.last_report = time.monotonic()
+        self.drawn = False
+        self.running: dict[str, float | None] = {}  # each backend's seconds, None once done
 
     def __call__(self, backend: str, done: int, total: int) -> None:
         self.state[backend] = f"{done}/{total} layers"
         if self.live:
-            line = "  ".join(f"{b} {s}" for b, s in self.state.items())
-            print(f"\rchecking: {line}", end="", file=sys.stderr, flush=True)
+            self.redraw()
+
+    def redraw(self) -> None:
+        """The terminal's live line: each backend's layers, and its seconds while it runs."""
+        running = {**{b: None for b in self.state}, **self.running}
+        parts = []
+        for backend, seconds in running.items():
+            state = self.state.get(backend, "starting")
+            parts.append(f"{backend} {state}" + ("" if seconds is None else f" ({seconds:.0f} s)"))
+        print(f"\rchecking: {'  '.join(parts)}\033[K", end="", file=sys.stderr, flush=True)
+        self.drawn = True
 
     def tick(self, running: dict[str, float | None]) -> None:
-        """Without a terminal: each backend's state, every `HEARTBEAT_SECONDS`."""
-        if self.live or time.monotonic() - self.last_report < HEARTBEAT_SECONDS:
+        """Each backend's state, as the run goes.
+
+        On a terminal, the live line every second, so that a backend starting
+        or hung is seen to be so; else a line per backend every
+        `HEARTBEAT_SECONDS`.
+        """
+        every = 1.0 if self.live else HEARTBEAT_SECONDS
+        if time.monotonic() - self.last_report < every:
             return
         self.last_report = time.monotonic()
+        if self.live:
+            self.running = dict(running)
+            self.redraw()
+            return
         for backend, seconds in running.items():
             state = self.state.get(backend, "starting")
             when = "done" if seconds is None else f"{seconds:.0f} s"
             print(f"checking {backend}: {state} ({when})", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.live and self.state:
+        if self.live and self.drawn:
             print(file=sys.stderr)
 
 
@@ -184,14 +206,16 @@ def _policies(value: str) -> list[str]:
     >>> from keras_policy_ext.cli import _policies
     >>> _policies("float32,p=f32,c=bf16,mixed_float16,params=float64,compute=float32")
     ['float32', 'p=f32,c=bf16', 'mixed_float16', 'params=float64,compute=float32']
-    >>> _policies("c=bf16,c=f16")  # a key given again starts the next spec
+    >>> _policies("c=bf16,c=f16")  # a role given again starts the next spec
     ['c=bf16', 'c=f16']
+    >>> _policies("p=f32,c=bf16,params=float16,compute=float16")  # in any spelling
+    ['p=f32,c=bf16', 'params=float16,compute=float16']
     """
     policies: list[str] = []
     keys: set[str] = set()
     for part in _csv(value):
         key, is_role, _ = part.partition("=")
-        key = key.strip()
+        key = ROLE_KEYS.get(key.strip(), key.strip())  # `p` and `params` are one role
         if is_role and policies and keys and key not in keys:
             policies[-1] += "," + part
             keys.add(key)

@@ -268,9 +268,11 @@ def _result(backend, child, path_out, started, timed_out, timeout, tail) -> Chil
     if finished:
         return ChildResult(events, True, None, seconds)
     if backend in timed_out:
-        error = f"timed out after {timeout:g} s (--timeout) and was stopped"
-    else:
-        error = f"exited with status {child.returncode} before finishing"
+        # What it wrote as it was stopped is the unwinding's traceback, not news.
+        return ChildResult(
+            events, False, f"timed out after {timeout:g} s (--timeout) and was stopped", seconds
+        )
+    error = f"exited with status {child.returncode} before finishing"
     last = " | ".join(tail[-3:])
     return ChildResult(events, False, error + (f": {last}" if last else ""), seconds)
 

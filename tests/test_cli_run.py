@@ -62,6 +62,9 @@ TARGETS = textwrap.dedent(
         if _in_bfloat16():
             os._exit(3)
         return keras.layers.Dense(2), np.ones((2, 3), "float32")
+
+    def dies_at_once():
+        os._exit(0)
     """
 )
 
@@ -232,6 +235,7 @@ def test_on_a_terminal_the_live_line_shows_a_backend_that_starts_or_hangs(env):
     [
         ("exits", "called sys.exit(3)"),
         ("dies", "exited with status 3 before finishing"),
+        ("dies_at_once", "exited with status 0 before finishing"),
     ],
 )
 def test_a_target_that_exits_is_reported_legibly(env, target, message):

@@ -211,6 +211,7 @@ def _plan(layers, include_zoo, targets, policies, sources, seed, emit) -> tuple:
             continue
         cases.append((e.name, e.factory, e.inputs(rng), {"output_dtype": e.output_dtype}))
     for spec in targets:
+        emit({"start": f"{spec}, importing and building it"})  # named, should it exit here
         factory, inputs = _target_case(*load_target(spec))
         cases.append((spec, factory, inputs, {}))
     from keras_policy_ext import dtype_policies

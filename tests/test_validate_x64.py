@@ -1,10 +1,10 @@
 """`validate` reads `JAX_ENABLE_X64` as JAX does, from any backend's process.
 
 JAX turns x64 on for `1 y yes t true on` and off for `0 n no f false off`, in
-any case. `validate(policy, backend="jax")` asked from a TensorFlow or torch
-process can only read the variable; asked on JAX, it reads what a float64
-tensor really holds, so there the variable is checked in a JAX process of its
-own, started with it.
+any case, and refuses anything else at import. `validate(policy,
+backend="jax")` asked from a TensorFlow or torch process can only read the
+variable; asked on JAX, it reads what a float64 tensor really holds, so there
+the variable is checked in a JAX process of its own, started with it.
 """
 
 import os
@@ -21,14 +21,20 @@ from keras_policy_ext.cli.matrix import jax_x64_on as matrix_jax_x64_on
 
 BACKEND = keras.backend.backend()
 ON = ["1", "y", "yes", "t", "true", "on", "TRUE", "Yes", "On"]
-OFF = ["0", "n", "no", "f", "false", "off", "", "OFF"]
+OFF = ["0", "n", "no", "f", "false", "off", "OFF"]
 SPELLINGS = [(value, True) for value in ON] + [(value, False) for value in OFF]
+NEITHER = ["", "2", "maybe"]  # JAX refuses these at import (ValueError): not on
 
 
 @pytest.mark.parametrize("value, on", SPELLINGS)
 def test_jax_x64_on_reads_every_spelling_jax_reads(value, on):
     assert jax_x64_on({"JAX_ENABLE_X64": value}) is on
     assert matrix_jax_x64_on({"JAX_ENABLE_X64": value}) is on  # the CLI's is the same function
+
+
+@pytest.mark.parametrize("value", NEITHER)
+def test_jax_x64_on_is_off_for_a_value_jax_refuses(value):
+    assert jax_x64_on({"JAX_ENABLE_X64": value}) is False
 
 
 def test_jax_x64_on_is_off_when_the_variable_is_unset(monkeypatch):

@@ -197,7 +197,7 @@ def to_json(result: MatrixResult, every_row: bool = True, fail_on_keras: bool = 
     data["verdict"] = VERDICTS[data["status"]]
     data["ok"] = data["status"] == 0
     failing = ("kpe", "keras") if fail_on_keras else ("kpe",)
-    data["backends"] = {b: dict(r) for b, r in data["backends"].items()}  # the result's own stay
+    data["backends"] = {b: dict(r) for b, r in data["backends"].items()}  # copies: result kept
     for r in data["backends"].values():
         if "cases" in r:  # each backend's verdict as the run's: Keras's findings too, if asked
             findings = any(c["findings"] for c in r["cases"] if c["source"] in failing)

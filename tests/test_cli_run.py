@@ -12,6 +12,7 @@ import time
 import keras
 import pytest
 
+from keras_policy_ext.cli import matrix
 from keras_policy_ext.cli.quiet import is_native_log
 
 BACKEND = keras.backend.backend()
@@ -159,6 +160,7 @@ def test_sigterm_stops_the_backend_processes_and_removes_temporary_files(env, tm
 @pytest.mark.skipif(
     importlib.util.find_spec("jax") is None, reason="needs JAX: the helper processes are JAX's"
 )
+@pytest.mark.skipif(matrix._cores() < 2, reason="JAX's process takes a helper only with 2+ cores")
 def test_sigterm_with_a_cache_dir_stops_jax_s_helpers_and_removes_their_files(env, tmp_path):
     # JAX's process shares the zoo with a helper, through files in a temporary
     # directory; with --cache-dir too, a SIGTERM must still let it remove them.

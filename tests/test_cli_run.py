@@ -185,9 +185,13 @@ def test_sigterm_with_a_cache_dir_stops_jax_s_helpers_and_removes_their_files(en
 def test_a_second_interrupt_still_stops_a_backend_process_slow_to_stop(env, tmp_path):
     command = [sys.executable, "-m", "keras_policy_ext", "check", "kpe_run_targets:stubborn",
                *TWO]  # fmt: skip
+    # SIGINT as a terminal's ^C reaches a command in the foreground: a process
+    # that starts with SIGINT ignored (a pytest-xdist worker's child, a shell's
+    # background job) keeps ignoring it, as Python does.
     parent = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     pid_file = tmp_path / "child.pid"
     deadline = time.monotonic() + 300
     while not pid_file.exists() or not pid_file.read_text():

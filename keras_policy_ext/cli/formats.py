@@ -192,16 +192,8 @@ def _absent(backend_result: dict) -> str:
 
 def to_json(result: MatrixResult, every_row: bool = True, fail_on_keras: bool = False) -> str:
     """The whole result as JSON (`MatrixResult.to_dict`, with the verdict)."""
-    data = result.to_dict()
-    data["status"] = result.status(fail_on_keras)
+    data = result.to_dict(fail_on_keras)
     data["verdict"] = VERDICTS[data["status"]]
-    data["ok"] = data["status"] == 0
-    failing = ("kpe", "keras") if fail_on_keras else ("kpe",)
-    data["backends"] = {b: dict(r) for b, r in data["backends"].items()}  # copies: result kept
-    for r in data["backends"].values():
-        if "cases" in r:  # each backend's verdict as the run's: Keras's findings too, if asked
-            findings = any(c["findings"] for c in r["cases"] if c["source"] in failing)
-            r["ok"] = "error" not in r and bool(r["cases"]) and not findings
     return json.dumps(data, indent=2)
 
 

@@ -69,20 +69,37 @@ class MatrixResult:
     def status(self, fail_on_keras: bool = False) -> int:
         if self.incomplete:
             return 2
-        failing = ("kpe", "keras") if fail_on_keras else ("kpe",)
-        return 1 if any(c["findings"] for c in self.cases() if c["source"] in failing) else 0
+        return 1 if _failing(self.cases(), fail_on_keras) else 0
 
     @property
     def ok(self) -> bool:
         return self.status() == 0
 
-    def to_dict(self) -> dict:
+    def backend_ok(self, backend: str, fail_on_keras: bool = False) -> bool:
+        """One backend's verdict as the run's: it finished, ran cases, none failing."""
+        r = self.backends[backend]
+        cases = r.get("cases", [])
+        return "error" not in r and bool(cases) and not _failing(cases, fail_on_keras)
+
+    def to_dict(self, fail_on_keras: bool = False) -> dict:
+        """The result, each backend that ran with its verdict (`ok`) under `fail_on_keras`."""
+        backends = {
+            b: {**r, "ok": self.backend_ok(b, fail_on_keras)} if "cases" in r else dict(r)
+            for b, r in self.backends.items()
+        }  # fmt: skip
+        status = self.status(fail_on_keras)
         return {
-            "ok": self.ok,
-            "status": self.status(),
+            "ok": status == 0,
+            "status": status,
             "seconds": round(self.seconds, 1),
-            "backends": self.backends,
+            "backends": backends,
         }
+
+
+def _failing(cases: Sequence[dict], fail_on_keras: bool) -> bool:
+    """Whether a case that fails the run (kpe's; Keras's too with `fail_on_keras`) has findings."""
+    sources = ("kpe", "keras") if fail_on_keras else ("kpe",)
+    return any(c["findings"] for c in cases if c["source"] in sources)
 
 
 def load_target(spec: str) -> tuple[str, Callable[[], Any]]:
@@ -487,7 +504,11 @@ def run_matrix(
             results[backend]["notes"].append(f"JAX's compiled programs are kept in {cache}")
             if "error" in results[backend]:
                 results[backend]["notes"].append(STOPPED_CACHE_NOTE.format(cache=cache))
-    return MatrixResult(results, time.perf_counter() - start)
+    result = MatrixResult(results, time.perf_counter() - start)
+    for backend in results:
+        if "cases" in results[backend]:
+            results[backend]["ok"] = result.backend_ok(backend)
+    return result
 
 
 # JAX (0.10) writes a cache entry in place and never rewrites one that exists: a
@@ -618,7 +639,6 @@ def _backend_result(
     }
     if errors:
         result["error"] = "; ".join(errors)
-    result["ok"] = not errors and not any(c["findings"] for c in cases if c["source"] == "kpe")
     return result
 
 

@@ -190,7 +190,7 @@ def _wait(children, timeout, on_tick) -> set[str]:
                 stopped_at[backend] = now - started
             elif timeout is not None and now - started > timeout:
                 timed_out.add(backend)
-                _stop(child)
+                _stop_all([child])
         if on_tick is not None:
             on_tick(
                 {
@@ -203,27 +203,14 @@ def _wait(children, timeout, on_tick) -> set[str]:
         time.sleep(0.5)
 
 
-def _stop(child: subprocess.Popen) -> None:
-    """Stops a child and everything it started (its process group)."""
-    if child.poll() is not None:
-        return
-    for sig, grace in ((signal.SIGTERM, 3.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(child.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            return
-        try:
-            child.wait(grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _stop_all(children: Sequence[subprocess.Popen]) -> None:
-    """Stops every child as `_stop` does, together; a ^C meanwhile kills them at once.
+    """Stops children and all they started (their process groups), together.
 
-    A second ^C (or SIGTERM) while a child is slow to stop would otherwise
-    leave it, and those after it, running in their own sessions.
+    SIGTERM first, then SIGKILL for those still running after 3 s; a ^C
+    meanwhile kills them at once.
+
+    Without that, a second ^C (or SIGTERM) while a child is slow to stop
+    would leave it, and those after it, running in their own sessions.
     """
     live = [child for child in children if child.poll() is None]
     try:

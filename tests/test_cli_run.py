@@ -93,6 +93,26 @@ def env(tmp_path):
     return env
 
 
+def wait_until(parent, ready, never, every=0.5):
+    """Polls `ready()` while the command runs; fails with `never` after 300 s, or if it ends."""
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert parent.poll() is None, parent.communicate()
+        assert time.monotonic() < deadline, never
+        time.sleep(every)
+
+
+def hanging_child(parent, tmp_path):
+    """The pid of the backend process a hanging target runs in, once it hangs."""
+    pid_file = tmp_path / "child.pid"
+
+    def written():
+        return pid_file.exists() and pid_file.read_text()
+
+    wait_until(parent, written, "the target never started hanging")
+    return int(pid_file.read_text())
+
+
 def cli(*args, env, timeout=900):
     return subprocess.run(
         [sys.executable, "-m", "keras_policy_ext", *args],
@@ -141,13 +161,7 @@ def test_sigterm_stops_the_backend_processes_and_removes_temporary_files(env, tm
     parent = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    pid_file = tmp_path / "child.pid"
-    deadline = time.monotonic() + 300
-    while not pid_file.exists() or not pid_file.read_text():
-        assert parent.poll() is None, parent.communicate()
-        assert time.monotonic() < deadline, "the target never started hanging"
-        time.sleep(0.5)
-    child = int(pid_file.read_text())
+    child = hanging_child(parent, tmp_path)
     parent.send_signal(signal.SIGTERM)
     out, err = parent.communicate(timeout=60)
     assert parent.returncode == 130, out + err
@@ -170,11 +184,11 @@ def test_sigterm_with_a_cache_dir_stops_jax_s_helpers_and_removes_their_files(en
     parent = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    deadline = time.monotonic() + 300
-    while not any(n.startswith("kpe-helpers-") for n in os.listdir(tmp_path / "tmp")):
-        assert parent.poll() is None, parent.communicate()
-        assert time.monotonic() < deadline, "JAX's helper never started"
-        time.sleep(0.2)
+
+    def helpers_started():
+        return any(n.startswith("kpe-helpers-") for n in os.listdir(tmp_path / "tmp"))
+
+    wait_until(parent, helpers_started, "JAX's helper never started", every=0.2)
     time.sleep(1)
     parent.send_signal(signal.SIGTERM)
     out, err = parent.communicate(timeout=60)
@@ -192,13 +206,7 @@ def test_a_second_interrupt_still_stops_a_backend_process_slow_to_stop(env, tmp_
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    pid_file = tmp_path / "child.pid"
-    deadline = time.monotonic() + 300
-    while not pid_file.exists() or not pid_file.read_text():
-        assert parent.poll() is None, parent.communicate()
-        assert time.monotonic() < deadline, "the target never started hanging"
-        time.sleep(0.5)
-    child = int(pid_file.read_text())
+    child = hanging_child(parent, tmp_path)
     parent.send_signal(signal.SIGINT)
     time.sleep(1)
     parent.send_signal(signal.SIGINT)  # while the first one waits for the child

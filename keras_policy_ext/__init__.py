@@ -35,9 +35,9 @@ _EXPORTS = {
     "retarget": "retargeting",
     "load_model": "saving",
     "save_model": "saving",
-    "LossScaleOptimizer": "scaled_fit",
-    "compile": "scaled_fit",
-    "needs_loss_scaling": "scaled_fit",
+    "LossScaleOptimizer": "loss_scale.optimizer",
+    "compile": "loss_scale.optimizer",
+    "needs_loss_scaling": "loss_scale.optimizer",
     "validate": "validation",
     "Validation": "validation",
     "PolicyRefusedError": "validation",
@@ -58,7 +58,7 @@ _MODULES = (
     "testing",
 )
 # Modules that register classes with Keras's serialization.
-_REGISTERING = ("policy", "rules", "scaled_fit")
+_REGISTERING = ("policy", "rules", "loss_scale.optimizer")
 
 # `compile` stays `kpe.compile`, out of `import *` (it is a builtin's name);
 # `FloatDTypePolicy` is an alias of `DTypePolicy`.

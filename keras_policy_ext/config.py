@@ -47,7 +47,7 @@ from collections.abc import Iterator
 import keras
 
 from keras_policy_ext import internals
-from keras_policy_ext.global_state import STATE
+from keras_policy_ext._state import STATE
 from keras_policy_ext.policy import DTypePolicy, as_policy
 from keras_policy_ext.rules import Rules
 

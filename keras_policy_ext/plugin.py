@@ -13,7 +13,7 @@ each against the installed Keras first):
   rules govern it (`keras_policy_ext.rules`).
 - `Model.compile` (`keras.src.trainers.trainer.Trainer.compile`): wrapped so
   that `auto_scale_loss` scales by dtypes, with kpe's floored
-  `LossScaleOptimizer` (`keras_policy_ext.scaled_fit`).
+  `LossScaleOptimizer` (`keras_policy_ext.loss_scale.optimizer`).
 
 and, for user code, the public names bound to those functions:
 `keras.config.{dtype_policy, set_dtype_policy}`,
@@ -42,8 +42,9 @@ from typing import Any
 
 import keras
 
-from keras_policy_ext import config, dtype_policies, internals, rules, scaled_fit
+from keras_policy_ext import config, dtype_policies, internals, rules
 from keras_policy_ext.internals import fixes
+from keras_policy_ext.loss_scale.optimizer import scaled_optimizer
 from keras_policy_ext.validation import PolicyRefusedError
 
 
@@ -82,7 +83,7 @@ def _compiler(original: Callable) -> Callable:
     def _compile(self: keras.Model, optimizer: Any = "rmsprop", *args: Any, **kwargs: Any) -> None:
         """`Model.compile`, loss-scaling by dtypes (`keras_policy_ext.compile`)."""
         auto_scale_loss = kwargs.pop("auto_scale_loss", True)
-        optimizer = scaled_fit.scaled_optimizer(self, optimizer, auto_scale_loss)
+        optimizer = scaled_optimizer(self, optimizer, auto_scale_loss)
         return original(self, optimizer, *args, auto_scale_loss=False, **kwargs)
 
     return _compile

@@ -8,8 +8,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_policy_ext import grammar, internals
-from keras_policy_ext.global_state import STATE
+from keras_policy_ext import internals, roles
+from keras_policy_ext._state import STATE
 
 # Policy names that are not a single dtype: name -> (compute, variable).
 MIXED_POLICIES = {
@@ -62,7 +62,7 @@ def parse_name(name: Any) -> tuple[str, str, str]:
     """Returns `(name, compute_dtype, variable_dtype)` for a policy name.
 
     Keras's names keep their spelling; a role-grammar spec
-    (`keras_policy_ext.grammar`) gets its canonical name. Raises what Keras
+    (`keras_policy_ext.roles`) gets its canonical name. Raises what Keras
     raises for the same name: `TypeError` for a non-string, `ValueError`
     (with Keras's message first) for an unknown one.
     """
@@ -71,8 +71,8 @@ def parse_name(name: Any) -> tuple[str, str, str]:
             "'name' must be a string, such as 'mixed_float16'. "
             f"Received: name={name!r} (of type {type(name)})"
         )
-    if grammar.is_role_spec(name):
-        return grammar.parse_roles(name)
+    if roles.is_role_spec(name):
+        return roles.parse_roles(name)
     if name in MIXED_POLICIES:
         return (name, *MIXED_POLICIES[name])
     try:
@@ -134,7 +134,7 @@ class DTypePolicy(keras.DTypePolicy):
     `name` is a Keras policy name (`"float32"`, `"mixed_float16"`,
     `"mixed_bfloat16"`, any dtype name Keras accepts), or roles as jmp
     writes them (`"params=float32,compute=bfloat16"`, `"p=f32,c=bf16"`; see
-    `keras_policy_ext.grammar`); `None` takes the name of the current
+    `keras_policy_ext.roles`); `None` takes the name of the current
     `keras_policy_ext.config.dtype_policy()`. `DTypePolicy(str(p)) == p`.
 
     Equality means "same non-quantized dtypes": a policy equals any

@@ -21,13 +21,14 @@ LAYERS = {
     "backends": 0,
     "internals": 0,
     "internals.fixes": 1,  # recognises kpe's policies by their module, unimported
-    "grammar": 0,
-    "loss_scale": 0,
+    "roles": 0,
+    "loss_scale.values": 0,
+    "loss_scale": 1,
     "testing": 0,  # lazy, like the top level
     "testing.zoo": 0,
     "cli.quiet": 0,
     "cli.docsource": 0,
-    "global_state": 1,
+    "_state": 1,
     "testing.multibackend": 1,
     "policy": 2,
     "rules": 3,
@@ -35,7 +36,7 @@ LAYERS = {
     "config": 4,
     "dtype_policies": 5,
     "mixed_precision": 5,
-    "scaled_fit": 6,
+    "loss_scale.optimizer": 6,
     "validation": 6,
     "plugin": 7,
     "retargeting": 8,
@@ -52,7 +53,7 @@ LAYERS = {
 }
 # Modules that must import no Keras (nor a backend) when they load.
 KERAS_FREE = (
-    "__init__", "__main__", "backends", "grammar", "testing", "cli", "cli.quiet", "cli.runner",
+    "__init__", "__main__", "backends", "roles", "testing", "cli", "cli.quiet", "cli.runner",
     "cli.docsource", "cli.doctests", "testing.multibackend", "testing.pytest_plugin",
 )  # fmt: skip
 # Keras internals: only keras_policy_ext/internals/ touches them.

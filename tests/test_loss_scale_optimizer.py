@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
-from keras_policy_ext import scaled_fit
+from keras_policy_ext.loss_scale import optimizer as loss_scale_optimizer
 
 BACKEND = keras.backend.backend()
 
@@ -95,7 +95,7 @@ def test_star_import_leaves_builtins_alone():
     imported = {name for name in namespace if name != "__builtins__"}
     assert imported == set(kpe.__all__)
     assert not imported & set(dir(builtins)), imported & set(dir(builtins))
-    assert kpe.compile is scaled_fit.compile  # still reachable as kpe.compile
+    assert kpe.compile is loss_scale_optimizer.compile  # still reachable as kpe.compile
 
 
 # Runs in a fresh process where keras_policy_ext cannot be imported: it prints
@@ -151,7 +151,7 @@ def test_a_kpe_compiled_model_loads_without_kpe_only_with_compile_false(tmp_path
     kind, message = found["error"]
     assert kind == "TypeError"
     assert message.startswith("Could not locate class 'LossScaleOptimizer'. Make sure custom")
-    assert "'module': 'keras_policy_ext.scaled_fit'" in message
+    assert "'module': 'keras_policy_ext.loss_scale.optimizer'" in message
     expected = keras.ops.convert_to_numpy(model(x)).astype("float32")
     np.testing.assert_allclose(found["output"], expected, rtol=1e-3)
     assert found["policies"] == ["mixed_float16", "mixed_float16"]

@@ -72,7 +72,7 @@ def check_settings(
     out of bounds is an error, not clipped), `period` an int >= 1. Bad types
     are `TypeError`s, bad values `ValueError`s, each naming the value.
 
-    >>> from keras_policy_ext.loss_scale import check_settings
+    >>> from keras_policy_ext.loss_scale.values import check_settings
     >>> check_settings(2.0**15, 1, 2.0**24, 2000)
     (32768.0, 1.0, 16777216.0, 2000)
     >>> check_settings(2.0**30, 1, 2.0**24, 2000, initial_name="initial_scale")
@@ -255,7 +255,7 @@ class DynamicLossScale(_LossScale):
         >>> scale.check(max_floor_steps=10, on_stuck="raise")
         Traceback (most recent call last):
         ...
-        keras_policy_ext.loss_scale.LossScaleStuckError: The loss scale spent 11 steps at its ...
+        keras_policy_ext.loss_scale.values.LossScaleStuckError: The loss scale spent 11 steps at its ...
         """
         if on_stuck not in ("warn", "raise"):
             raise ValueError(f"Invalid on_stuck={on_stuck!r}: expected 'warn' or 'raise'.")

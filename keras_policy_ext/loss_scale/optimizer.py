@@ -21,7 +21,7 @@ import keras
 from keras import ops
 
 from keras_policy_ext import internals
-from keras_policy_ext.loss_scale import check_settings
+from keras_policy_ext.loss_scale.values import check_settings
 from keras_policy_ext.models import sublayers
 
 
@@ -159,7 +159,7 @@ def compile(model: keras.Model, optimizer: Any = "rmsprop", **kwargs: Any) -> No
     ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     >>> kpe.compile(model, "sgd", loss="mse")
     >>> type(model.optimizer).__module__, model.optimizer.floor
-    ('keras_policy_ext.scaled_fit', 1.0)
+    ('keras_policy_ext.loss_scale.optimizer', 1.0)
     """
     auto_scale_loss = kwargs.pop("auto_scale_loss", True)
     optimizer = scaled_optimizer(model, optimizer, auto_scale_loss)

@@ -14,7 +14,7 @@ dtype, or the spec is a `ValueError` (kpe's float32 outputs are
 `kpe.with_float32_outputs`); `half` is float16 on every device (jmp picks
 bfloat16 on a TPU); a key given twice is an error (jmp keeps the last).
 
->>> from keras_policy_ext.grammar import parse_roles
+>>> from keras_policy_ext.roles import parse_roles
 >>> parse_roles("p=f32,c=bf16")
 ('mixed_bfloat16', 'bfloat16', 'float32')
 >>> parse_roles("c=bf16")  # params default to float32, as in jmp
@@ -48,7 +48,7 @@ def is_role_spec(name: str) -> bool:
     Keras's own names (`"float16"`, `"mixed_bfloat16"`, ...) are not: none of
     the short forms is a name Keras accepts.
 
-    >>> from keras_policy_ext.grammar import is_role_spec
+    >>> from keras_policy_ext.roles import is_role_spec
     >>> is_role_spec("c=bf16"), is_role_spec("half"), is_role_spec("float16")
     (True, True, False)
     """
@@ -72,7 +72,7 @@ def _dtype(spec: str, key: str, value: str) -> str:
 def canonical_name(compute: str, variable: str) -> str:
     """Keras's name for the dtypes if it has one, else the long role form.
 
-    >>> from keras_policy_ext.grammar import canonical_name
+    >>> from keras_policy_ext.roles import canonical_name
     >>> canonical_name("bfloat16", "float32"), canonical_name("float32", "float64")
     ('mixed_bfloat16', 'params=float64,compute=float32')
     """

@@ -215,8 +215,8 @@ def test_imported_after_keras_kpe_registers_its_serializable_classes():
 def test_public_face():
     import keras_policy_ext as kpe
 
-    assert "compile" not in kpe.__all__  # a builtin's name stays kpe.compile
+    assert "compile" not in kpe.__all__  # a builtin's name (a deprecated alias of compile_model)
     for name in kpe.__all__:
         value = getattr(kpe, name)
         assert value.__doc__ and ">>>" in value.__doc__, name
-    assert callable(kpe.compile) and kpe.FloatDTypePolicy is kpe.DTypePolicy
+    assert callable(kpe.compile_model) and kpe.FloatDTypePolicy is kpe.DTypePolicy

@@ -4,7 +4,7 @@
   `all_finite` and `check_settings`, immutable values written with
   `keras.ops` only (reached here as `kpe.loss_scale.DynamicLossScale`, ...).
 - `keras_policy_ext.loss_scale.optimizer`: `LossScaleOptimizer`, Keras's own
-  with a floored scale, and `compile_scaled` / `needs_loss_scaling`, which
+  with a floored scale, and `compile_model` / `needs_loss_scaling`, which
   choose it by dtypes (reached as `kpe.LossScaleOptimizer`, ...).
 
 >>> import keras_policy_ext as kpe

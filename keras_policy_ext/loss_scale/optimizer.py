@@ -146,20 +146,32 @@ def needs_loss_scaling(model: keras.layers.Layer) -> bool:
     )
 
 
-def compile(model: keras.Model, optimizer: Any = "rmsprop", **kwargs: Any) -> None:
-    """`model.compile`, loss-scaling by dtypes with kpe's floored optimizer.
+def compile_model(model: keras.Model, optimizer: Any = "rmsprop", **kwargs: Any) -> None:
+    """Compiles `model`, loss-scaling by dtypes with kpe's floored optimizer.
 
-    When `needs_loss_scaling(model)` and `auto_scale_loss` (default `True`),
-    the optimizer is wrapped in `kpe.LossScaleOptimizer`; a model that needs
-    no scaling compiles as it would. With the plugin installed, plain
-    `model.compile(...)` does the same.
+    `model.compile(optimizer, **kwargs)`, except that when
+    `needs_loss_scaling(model)` and `auto_scale_loss` (default `True`), the
+    optimizer is wrapped in `kpe.LossScaleOptimizer`; a model that needs no
+    scaling compiles as it would. With the plugin installed, plain
+    `model.compile(...)` does the same. (Formerly `kpe.compile`, a name that
+    shadowed Python's builtin; that alias still works and warns.)
+
+    Args:
+        model: the `keras.Model` to compile.
+        optimizer: an optimizer or its name, as `Model.compile` takes it.
+        **kwargs: the other arguments of `Model.compile` (`loss`, `metrics`,
+            ..., and `auto_scale_loss`).
+
+    Raises:
+        ValueError: what `Model.compile` raises for its arguments (an unknown
+            optimizer name, for example).
 
     >>> import keras, keras_policy_ext as kpe
-    >>> with kpe.config.policy_scope("mixed_float16"):
+    >>> with kpe.policy_scope("mixed_float16"):
     ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    >>> kpe.compile(model, "sgd", loss="mse")
-    >>> type(model.optimizer).__module__, model.optimizer.floor
-    ('keras_policy_ext.loss_scale.optimizer', 1.0)
+    >>> kpe.compile_model(model, "sgd", loss="mse")
+    >>> type(model.optimizer).__name__, model.optimizer.floor
+    ('LossScaleOptimizer', 1.0)
     """
     auto_scale_loss = kwargs.pop("auto_scale_loss", True)
     optimizer = scaled_optimizer(model, optimizer, auto_scale_loss)

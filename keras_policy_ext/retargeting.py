@@ -73,7 +73,8 @@ def retarget(
     models' included. Works for Sequential, functional and registered
     subclassed models (those that round-trip through `get_config` /
     `from_config`). The weights are carried over, cast to the new variable
-    dtypes; `model` is untouched. The new model is not compiled.
+    dtypes; `model` is untouched. The new model is not compiled
+    (`kpe.load_model` compiles it as the file was saved).
 
     A policy whose variable dtype cannot hold float weights (`"int32"`),
     or a cast that would turn a finite weight into inf or nan (float32

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -120,15 +121,38 @@ def load_model(
 ) -> keras.Model:
     """Loads a model file, placing its layers by `policy` or by its stored rules.
 
-    `policy` (a policy or `Rules`) retargets the loaded model to it; `None`
-    re-applies the rules `save_model` stored, if any, to the layers they
-    placed (else the model is returned as Keras loads it; files written
-    before kpe stored the other layers' names get the rules on every
-    layer). `kwargs` go to `keras.saving.load_model`; its `custom_objects`
-    and `safe_mode` also govern the stored rules' layer classes. Keras
-    loads the model with the plugin installed (`keras_policy_ext.installed()`),
-    so every policy name kpe writes, role names included, comes back as a
-    kpe policy. A `.keras` file, or any other file Keras loads (`.h5`).
+    Keras loads the model with the plugin installed (`kpe.installed()`), so
+    every policy name kpe writes, role names included, comes back as a kpe
+    policy. Then `policy` retargets the model to it (`kpe.retarget`); without
+    `policy`, the rules `save_model` stored, if any, are re-applied to the
+    layers they placed (files written before kpe stored the other layers'
+    names get the rules on every layer); a file without rules comes back as
+    Keras loads it.
+
+    A file saved compiled comes back compiled in every case: the retargeted
+    model gets the saved optimizer (its state too: step count, moments, loss
+    scale, cast to the new variable dtypes), loss and metrics, so training
+    continues where it stopped. A policy that now computes in float16 wraps
+    the optimizer in `kpe.LossScaleOptimizer` and keeps the inner one's
+    state; where the state cannot be matched, a `RuntimeWarning` says so.
+
+    Args:
+        filepath: a `.keras` file, or any other file Keras loads (`.h5`).
+        policy: `None`, a policy (or its name) or `kpe.Rules` with a
+            default: the policy the loaded model's float layers take.
+        **kwargs: passed to `keras.saving.load_model` (`custom_objects`,
+            `compile`, `safe_mode`); `custom_objects` and `safe_mode` also
+            govern the stored rules' layer classes.
+
+    Returns:
+        The loaded `keras.Model`, compiled if the file was saved compiled
+        (and `compile=False` was not given).
+
+    Raises:
+        ValueError: the file's stored rules are corrupt, or `policy` cannot
+            hold the model (see `kpe.retarget`); what Keras raises for a file
+            it cannot load.
+        TypeError: `policy` is not a policy, a policy name or `kpe.Rules`.
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):
@@ -146,14 +170,64 @@ def load_model(
     with plugin.installed():
         model = keras.saving.load_model(filepath, **kwargs)
     if target is not None:
-        return retarget(model, target)
+        return _compiled_like(model, retarget(model, target), filepath)
     if stored is None:
         return model
     rules, keep = stored
     missing = sorted(set(keep) - config_layer_names(model.get_config()))
     if missing:
         raise _invalid(filepath, "keep", f"no layer named {missing} in the model")
-    return retarget(model, rules, keep=keep)
+    return _compiled_like(model, retarget(model, rules, keep=keep), filepath)
+
+
+def _compiled_like(loaded: keras.Model, new: keras.Model, filepath: Any) -> keras.Model:
+    """`new` compiled as `loaded` is, with `loaded`'s optimizer state carried over.
+
+    The optimizer, loss, metrics and the other `compile` arguments come from
+    `loaded.get_compile_config()`; each optimizer variable (step count,
+    moments, loss scale) takes the loaded value, cast to the new dtype. When
+    the retargeted model's optimizer holds other variables (a policy that
+    now needs loss scaling wraps the optimizer), the inner optimizers'
+    states are matched; when even those differ, a `RuntimeWarning` says that
+    the optimizer starts afresh and what to do.
+    """
+    if not getattr(loaded, "compiled", False) or getattr(loaded, "optimizer", None) is None:
+        return new
+    with plugin.installed():  # policies change: loss scaling is chosen by the new dtypes
+        new.compile_from_config(loaded.get_compile_config())
+    old_optimizer, new_optimizer = loaded.optimizer, new.optimizer
+    if not old_optimizer.built:
+        return new  # saved before any step: nothing to carry
+    if not new_optimizer.built:
+        new_optimizer.build(new.trainable_variables)
+    scaled = keras.optimizers.LossScaleOptimizer
+    if isinstance(old_optimizer, scaled) != isinstance(new_optimizer, scaled):
+        old_optimizer, new_optimizer = _inner(old_optimizer), _inner(new_optimizer)
+    pairs = list(zip(old_optimizer.variables, new_optimizer.variables))
+    if len(old_optimizer.variables) != len(new_optimizer.variables) or any(
+        tuple(old.shape) != tuple(fresh.shape) for old, fresh in pairs
+    ):
+        warnings.warn(
+            f"kpe.load_model({os.fspath(filepath)!r}): the model is compiled as it was "
+            f"saved, but its optimizer's state ({len(old_optimizer.variables)} variables) "
+            f"does not fit the retargeted model's optimizer "
+            f"({len(new_optimizer.variables)} variables), so training restarts the "
+            "optimizer's state (step count, moments). To keep it, load without "
+            "policy= (keras.saving.load_model) and train under the saved policies.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return new
+    for old, fresh in pairs:
+        fresh.assign(keras.ops.cast(old.value, fresh.dtype))
+    return new
+
+
+def _inner(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """The optimizer a `LossScaleOptimizer` wraps, else `optimizer`."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.inner_optimizer
+    return optimizer
 
 
 def stored_rules(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -36,6 +37,8 @@ RULES_FILE = "keras_policy_ext.json"
 # policy Keras cannot rebuild from its name: Keras's own loader shows it in
 # its error (it prints the config it failed on) and otherwise ignores it.
 NOTE_KEY = "keras_policy_ext"
+# How much of an archive entry `save_model`'s rewrite holds in memory at once.
+_CHUNK_BYTES = 2**20
 
 
 def rules_of(model: keras.layers.Layer) -> Rules | None:
@@ -341,19 +344,26 @@ def _note(names: list[str]) -> str:
 
 
 def _rewrite(filepath: str | os.PathLike, entries: dict[str, str], note: str) -> None:
-    """Rewrites the `.keras` zip with `entries` added and `note` in its config.json."""
+    """Rewrites the `.keras` zip with `entries` added and `note` in its config.json.
+
+    Each entry is streamed from the old archive to the new one in chunks, so
+    the weights are never held in memory whole; the new archive replaces the
+    old one only once it is complete.
+    """
     directory = os.path.dirname(os.path.abspath(filepath))
-    with zipfile.ZipFile(filepath) as archive:
-        infos = [(info, archive.read(info)) for info in archive.infolist()]
     fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory)
     os.close(fd)
     try:
-        with zipfile.ZipFile(tmp, "w") as archive:
-            for info, data in infos:
+        with zipfile.ZipFile(filepath) as source, zipfile.ZipFile(tmp, "w") as archive:
+            for info in source.infolist():
                 if info.filename == "config.json":
                     # First, so that Keras's error shows it before the rest.
-                    data = json.dumps({NOTE_KEY: note, **json.loads(data)}).encode()
-                archive.writestr(info, data)
+                    config = json.loads(source.read(info))
+                    archive.writestr(info, json.dumps({NOTE_KEY: note, **config}).encode())
+                    continue
+                large = info.file_size >= zipfile.ZIP64_LIMIT
+                with source.open(info) as read, archive.open(info, "w", force_zip64=large) as write:
+                    shutil.copyfileobj(read, write, _CHUNK_BYTES)
             for name, text in entries.items():
                 archive.writestr(name, text)
         os.replace(tmp, filepath)

@@ -15,7 +15,7 @@ import pytest
 ROOT = pathlib.Path(__file__).parents[1]
 PACKAGE = ROOT / "keras_policy_ext"
 
-# Each module may import only modules of a lower layer (README: Architecture).
+# Each module may import only modules of a lower layer (docs/development.md: Architecture).
 LAYERS = {
     "__init__": 0,  # lazy: names load their modules on first use
     "backends": 0,

@@ -209,9 +209,8 @@ class installed:  # noqa: N801 (a function's name: users call `kpe.installed()`)
     `kpe.is_installed()`. Its truth value is an error, so that
     `if kpe.installed():` fails at once instead of being always true.
 
-    Returns:
-        A context manager; entering it installs the plugin (if no block or
-        `install()` already did), and its `with` target is `None`.
+    Entering the block installs the plugin (unless a block or `install()`
+    already did); its `with` target is `None`.
 
     Raises:
         TypeError: when its truth value is asked (`if kpe.installed():`).

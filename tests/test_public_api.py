@@ -79,3 +79,46 @@ def test_model_compile_keeps_its_signature_and_docstring_under_the_plugin():
             model.compile(optimizer="sgd", loss="mse", metrics=["mae"])
         assert model.compiled and model.loss == "mse"
     assert inspect.signature(keras.Model.compile) == before
+
+
+def public_callables():
+    """`(qualified name, object)` for every public function and class users reach."""
+    import keras_policy_ext.testing as testing
+
+    found = {f"kpe.{n}": getattr(kpe, n) for n in kpe.__all__ if not inspect.ismodule(getattr(kpe, n))}
+    modules = {
+        "config": ["dtype_policy", "set_dtype_policy", "policy_scope"],
+        "dtype_policies": ["get", "serialize", "deserialize"],
+        "loss_scale": kpe.loss_scale.__all__,
+        "testing": [n for n in testing.__all__ if callable(getattr(testing, n))],
+        "saving": ["save_model", "load_model", "stored_rules", "rules_of"],
+        "models": ["sublayers", "with_float32_outputs"],
+        "roles": ["parse_roles", "is_role_spec", "canonical_name"],
+    }
+    for module, names in modules.items():
+        for name in names:
+            found[f"kpe.{module}.{name}"] = getattr(getattr(kpe, module), name)
+    return sorted(found.items())
+
+
+@pytest.mark.parametrize("name, value", public_callables(), ids=[n for n, _ in public_callables()])
+def test_public_docstrings_are_in_keras_style(name, value):
+    """A summary line, `Args:` when it takes arguments, `Returns:` when it returns, an example."""
+    doc = inspect.getdoc(value) or ""
+    summary = doc.splitlines()[0] if doc else ""
+    assert summary.strip() and summary.rstrip().endswith("."), f"{name}: summary line {summary!r}"
+    assert ">>>" in doc, f"{name}: no >>> example"
+    try:
+        parameters = [
+            p for p in inspect.signature(value).parameters.values() if p.name not in ("self", "cls")
+        ]
+    except (TypeError, ValueError):  # a builtin's signature: nothing to document
+        parameters = []
+    if inspect.isclass(value) and issubclass(value, BaseException):
+        parameters = []  # an error's message, as every exception takes
+    if parameters:
+        assert "\nArgs:\n" in doc, f"{name}: takes {[p.name for p in parameters]}, no Args: section"
+    if inspect.isfunction(value):
+        returns = inspect.signature(value).return_annotation
+        if returns not in (None, "None", inspect.Signature.empty) and "Iterator" not in str(returns):
+            assert "\nReturns:\n" in doc, f"{name}: returns {returns}, no Returns: section"

@@ -145,6 +145,10 @@ def dtype_policy() -> keras.DTypePolicy:
     Until `set_dtype_policy` is called (and after `keras.utils.clear_session()`),
     the default is the float policy of `keras.config.floatx()`.
 
+    Returns:
+        A `keras.DTypePolicy`: the innermost `policy_scope`'s policy in this
+        thread or asyncio task, else the process-wide default.
+
     >>> import keras_policy_ext as kpe
     >>> kpe.config.dtype_policy()
     <DTypePolicy "float32">
@@ -162,11 +166,17 @@ def dtype_policy() -> keras.DTypePolicy:
 def set_dtype_policy(policy: keras.DTypePolicy | str) -> None:
     """Sets the process-wide default policy, seen by every thread.
 
-    `policy` is a policy name or a `keras.DTypePolicy` instance (used as
-    given). Bad input raises `ValueError` / `TypeError` and changes
-    nothing. Without the plugin, this also sets Keras's own global of the
-    calling thread (once the scopes open there have closed), for stock
-    layers built there; with it, Keras's own global is left alone.
+    Without the plugin, this also sets Keras's own global of the calling
+    thread (once the scopes open there have closed), for stock layers built
+    there; with it, Keras's own global is left alone.
+
+    Args:
+        policy: a policy name (`"mixed_bfloat16"`, a role name such as
+            `"p=f32,c=bf16"`) or a `keras.DTypePolicy` instance, used as given.
+
+    Raises:
+        ValueError: an unknown policy name, or `None`; nothing changes.
+        TypeError: neither a name nor a `keras.DTypePolicy`; nothing changes.
 
     >>> import keras, keras_policy_ext as kpe
     >>> kpe.config.set_dtype_policy("mixed_bfloat16")
@@ -209,8 +219,24 @@ def policy_scope(
     per-thread global, which the scope restores on exit to the very object
     it found (see the module's docstring).
 
+    Args:
+        policy: the policy in force inside the block: a name or a
+            `keras.DTypePolicy`; `None` with `rules` takes the rules'
+            default, else the policy in force.
+        rules: a `keras_policy_ext.Rules`, or `None`.
+
+    Returns:
+        A context manager; its `with` target is the policy in force inside
+        the block, as a `keras.DTypePolicy`.
+
+    Raises:
+        ValueError: neither `policy` nor `rules`, or an unknown policy name.
+        TypeError: `policy` or `rules` of the wrong type.
+        RuntimeError: `rules` without the plugin installed (rules act when
+            Keras builds a layer, through the plugin).
+
     >>> import keras, keras_policy_ext as kpe
-    >>> with kpe.config.policy_scope("mixed_float16") as policy:
+    >>> with kpe.policy_scope("mixed_float16") as policy:
     ...     keras.layers.Dense(4).dtype_policy
     <DTypePolicy "mixed_float16">
     >>> kpe.config.dtype_policy()

@@ -134,6 +134,9 @@ def _deactivate() -> None:
 def install() -> None:
     """Makes Keras resolve policies through kpe (idempotent).
 
+    Also applies kpe's fixes of Keras's defects that the installed Keras
+    still has (`keras_policy_ext.internals.fixes`).
+
     Afterwards `keras.config.set_dtype_policy`, `keras.config.dtype_policy`,
     `keras.mixed_precision.*` and every layer's `dtype=` name or `None` use
     kpe policies and kpe's process-wide default and scopes. It stands until
@@ -176,6 +179,9 @@ def uninstall() -> None:
 
 def is_installed() -> bool:
     """Whether the plugin is installed.
+
+    Returns:
+        `True` while an `install()` stands or an `installed()` block is open.
 
     >>> import keras_policy_ext as kpe
     >>> kpe.is_installed()

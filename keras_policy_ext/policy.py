@@ -131,16 +131,26 @@ def _field(field: str, doc: str) -> property:
 class DTypePolicy(keras.DTypePolicy):
     """An immutable dtype policy that stock Keras layers accept.
 
-    `name` is a Keras policy name (`"float32"`, `"mixed_float16"`,
-    `"mixed_bfloat16"`, any dtype name Keras accepts), or roles as jmp
-    writes them (`"params=float32,compute=bfloat16"`, `"p=f32,c=bf16"`; see
-    `keras_policy_ext.roles`); `None` takes the name of the current
-    `keras_policy_ext.config.dtype_policy()`. `DTypePolicy(str(p)) == p`.
-
     Equality means "same non-quantized dtypes": a policy equals any
     non-quantized `keras.DTypePolicy`, kpe's or Keras's, with the same
     `compute_dtype` and `variable_dtype`, in either operand order. Policies
-    are hashable (consistently with `==`), picklable and never mutated.
+    are hashable (consistently with `==`) and picklable; their name and
+    dtypes never change, and setting an attribute is an `AttributeError`
+    (the one mark a policy object takes is the `kpe.Rules` that made it,
+    set once when those rules create it: `kpe.rules.owner_of`).
+    `DTypePolicy(str(p)) == p`.
+
+    Args:
+        name: a Keras policy name (`"float32"`, `"mixed_float16"`,
+            `"mixed_bfloat16"`, any dtype name Keras accepts), or roles as
+            jmp writes them (`"params=float32,compute=bfloat16"`,
+            `"p=f32,c=bf16"`; see `keras_policy_ext.roles`); `None` takes
+            the name of the current `keras_policy_ext.config.dtype_policy()`.
+
+    Raises:
+        TypeError: `name` is not a string (nor `None`).
+        ValueError: an unknown name, with Keras's message first and the
+            valid names after.
 
     >>> import keras, keras_policy_ext as kpe
     >>> policy = kpe.DTypePolicy("mixed_float16")

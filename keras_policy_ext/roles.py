@@ -48,6 +48,12 @@ def is_role_spec(name: str) -> bool:
     Keras's own names (`"float16"`, `"mixed_bfloat16"`, ...) are not: none of
     the short forms is a name Keras accepts.
 
+    Args:
+        name: a policy name.
+
+    Returns:
+        `True` for a role spec (`"c=bf16"`, `"half"`), `False` otherwise.
+
     >>> from keras_policy_ext.roles import is_role_spec
     >>> is_role_spec("c=bf16"), is_role_spec("half"), is_role_spec("float16")
     (True, True, False)
@@ -72,6 +78,13 @@ def _dtype(spec: str, key: str, value: str) -> str:
 def canonical_name(compute: str, variable: str) -> str:
     """Keras's name for the dtypes if it has one, else the long role form.
 
+    Args:
+        compute: the compute dtype's name.
+        variable: the variable dtype's name.
+
+    Returns:
+        The policy's canonical name, as `kpe.DTypePolicy` spells it.
+
     >>> from keras_policy_ext.roles import canonical_name
     >>> canonical_name("bfloat16", "float32"), canonical_name("float32", "float64")
     ('mixed_bfloat16', 'params=float64,compute=float32')
@@ -82,7 +95,23 @@ def canonical_name(compute: str, variable: str) -> str:
 
 
 def parse_roles(spec: str) -> tuple[str, str, str]:
-    """`(canonical name, compute dtype, variable dtype)` of a role spec (see the module)."""
+    """Parses a role spec, as jmp's `get_policy` reads it (see the module).
+
+    Args:
+        spec: a role spec: `"params=float32,compute=bfloat16"`, `"c=bf16"`,
+            or a short form alone (`"half"`).
+
+    Returns:
+        `(canonical name, compute dtype, variable dtype)`.
+
+    Raises:
+        ValueError: a bad key, a bad dtype, a key given twice, or an output
+            dtype other than the compute dtype; the message names the part.
+
+    >>> from keras_policy_ext.roles import parse_roles
+    >>> parse_roles("p=bf16,c=f32")
+    ('params=bfloat16,compute=float32', 'float32', 'bfloat16')
+    """
     if "=" not in spec:
         dtype = _dtype(spec, "every role", spec)
         return canonical_name(dtype, dtype), dtype, dtype

@@ -364,11 +364,20 @@ def _import_trusted(module: str, qualname: str) -> Any:
 class Rule:
     """Picks `policy` for the layers that meet every criterion given.
 
-    `policy`: a policy name or object, Keras's quantized ones included
-    (`"int8_from_mixed_bfloat16"`, built by Keras). `layer`: a layer class
-    (subclasses match too); `name`, `path`: a glob string or a compiled `re`
-    pattern (its flags kept), matched in full against the layer's name and
-    the path it is built under. `reason` documents the rule.
+    Args:
+        policy: a policy name or object, Keras's quantized ones included
+            (`"int8_from_mixed_bfloat16"`, built by Keras).
+        layer: a layer class (subclasses match too).
+        name: a glob string or a compiled `re` pattern (its flags kept),
+            matched in full against the layer's name.
+        path: the same, against the path the layer is built under.
+        reason: why the rule exists; `kpe.explain` shows it.
+
+    Raises:
+        TypeError: `layer` is not a `keras.layers.Layer` subclass, or a
+            policy of the wrong kind (a `DTypePolicyMap`).
+        ValueError: no criterion (`layer`, `name` or `path`), a bad pattern,
+            or an unknown policy name.
 
     >>> import re, keras, keras_policy_ext as kpe
     >>> kpe.Rule("float32", name=re.compile("(query|key|value)"), reason="demo")
@@ -484,10 +493,20 @@ class Explanation:
 class Rules:
     """Ordered policy rules, first match wins, and a default.
 
-    `default` is the policy of layers no rule matches; `None` leaves it to
-    the scope the rules are used in. Rules compose with `+` (the left
-    operand's rules first, its default kept unless it has none). A rule that
-    an earlier one shadows (it could never match) is a `ValueError`.
+    Rules compose with `+` (the left operand's rules first, its default kept
+    unless it has none). Rules act when Keras builds a layer, through the
+    plugin: use them in `kpe.policy_scope(rules=...)`, `kpe.retarget` or
+    `kpe.load_model`.
+
+    Args:
+        rules: `kpe.Rule`s, tried in order.
+        default: the policy of layers no rule matches; `None` leaves it to
+            the scope the rules are used in.
+
+    Raises:
+        ValueError: a rule that an earlier one shadows (it could never
+            match), or an unknown default policy name.
+        TypeError: an item that is not a `kpe.Rule`.
 
     >>> import keras, keras_policy_ext as kpe
     >>> kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax)], default="mixed_float16")
@@ -652,6 +671,16 @@ def owner_of(policy: Any) -> Rules | None:
 
 def explain(layer: keras.layers.Layer) -> Explanation:
     """Why `layer` has its policy: the rule that picked it, or that none did.
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        An `Explanation`, whose `str()` reads as one line: the layer, its
+        policy, and the rule (with its reason) or why none applied.
+
+    Raises:
+        TypeError: `layer` is not a `keras.layers.Layer`.
 
     >>> import keras, keras_policy_ext as kpe
     >>> rules = kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax,

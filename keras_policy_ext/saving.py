@@ -44,6 +44,13 @@ _CHUNK_BYTES = 2**20
 def rules_of(model: keras.layers.Layer) -> Rules | None:
     """The rules that placed the model or any of its layers, if any.
 
+    Args:
+        model: a `keras.Model` or layer.
+
+    Returns:
+        The `kpe.Rules` whose policy objects the model's layers hold, or
+        `None` for a model built without rules.
+
     >>> import keras, keras_policy_ext as kpe
     >>> rules = kpe.rules.FLOAT32_NUMERICS
     >>> with kpe.installed(), kpe.config.policy_scope("mixed_float16", rules=rules):
@@ -59,13 +66,24 @@ def rules_of(model: keras.layers.Layer) -> Rules | None:
 
 
 def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | None = None) -> None:
-    """`model.save(filepath)`, with `rules` (default: `rules_of(model)`) stored in the file.
+    """Saves a model as `model.save(filepath)` does, with the rules it was built under.
 
-    Rules are stored only in a `.keras` file (another path is a
-    `ValueError`). When a layer's policy has a name Keras cannot parse (a
-    role name such as `"params=bfloat16,compute=float32"`), the file also
-    carries a note that Keras's own loader shows when it fails on it:
-    load such a file with `keras_policy_ext.load_model`.
+    The rules are stored in the `.keras` zip as `keras_policy_ext.json`,
+    which Keras's own loader ignores. When a layer's policy has a name Keras
+    cannot parse (a role name such as `"params=bfloat16,compute=float32"`),
+    the file also carries a note that Keras's own loader shows when it fails
+    on it: load such a file with `keras_policy_ext.load_model`. kpe's
+    entries are added by streaming the archive Keras wrote, never reading
+    the weights whole.
+
+    Args:
+        model: the `keras.Model` to save.
+        filepath: where to save it; a `.keras` path to store rules.
+        rules: the `kpe.Rules` to store; `None` stores `rules_of(model)`.
+
+    Raises:
+        TypeError: `model` is not a `keras.Model`, or `rules` not `kpe.Rules`.
+        ValueError: rules to store in a file that is not `.keras`.
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> rules = kpe.rules.FLOAT32_NUMERICS
@@ -241,8 +259,17 @@ def stored_rules(
 ) -> Rules | None:
     """The rules `save_model` stored in a model file, or `None`.
 
-    `custom_objects` and `safe_mode` resolve the rules' layer classes as in
-    `load_model`.
+    Args:
+        filepath: a model file.
+        custom_objects: classes the rules may name, as in `load_model`.
+        safe_mode: as in `load_model`: `False` (a trusted file) lets a
+            rule's `"module:Qualname"` class be imported.
+
+    Returns:
+        The stored `kpe.Rules`, or `None` for a file without them.
+
+    Raises:
+        ValueError: the stored rules are corrupt (the error names the entry).
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> rules = kpe.rules.FLOAT32_NUMERICS.with_default("mixed_bfloat16")

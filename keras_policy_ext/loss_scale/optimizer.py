@@ -34,8 +34,22 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     `floor`, not at 0.0. `apply` also works in an eager custom loop on JAX,
     where Keras's own raises `UnexpectedTracerError` (keras-team/keras#19244).
     The settings are checked as `kpe.loss_scale.DynamicLossScale`'s are
-    (`kpe.loss_scale.check_settings`): `initial_scale` within
-    `[floor, ceiling]`, `dynamic_growth_steps` an int >= 1.
+    (`kpe.loss_scale.check_settings`).
+
+    Args:
+        inner_optimizer: the `keras.optimizers.Optimizer` to wrap.
+        initial_scale: the first scale, within `[floor, ceiling]`.
+        dynamic_growth_steps: finite steps in a row before the scale
+            doubles, an int >= 1.
+        floor: the lowest scale, > 0.
+        ceiling: the highest scale.
+        **kwargs: the other arguments of Keras's `LossScaleOptimizer`
+            (`name`, ...).
+
+    Raises:
+        TypeError: a setting of the wrong type.
+        ValueError: a setting out of range (an `initial_scale` outside
+            `[floor, ceiling]` is an error, never clipped).
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> optimizer = kpe.LossScaleOptimizer(keras.optimizers.SGD(), floor=2.0)
@@ -133,6 +147,15 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 
 def needs_loss_scaling(model: keras.layers.Layer) -> bool:
     """Whether the model or any of its layers computes in float16 with float32 variables.
+
+    Keras scales the loss only under a policy named `"mixed_float16"`; kpe
+    asks the dtypes, so role names and rules are scaled too.
+
+    Args:
+        model: a `keras.Model` (or any layer).
+
+    Returns:
+        `True` when some layer computes in float16 over float32 variables.
 
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("params=float32,compute=float16"):

@@ -63,14 +63,28 @@ def check_settings(
     initial_name: str = "initial",
     period_name: str = "period",
 ) -> tuple[float, float, float, int]:
-    """Validates a dynamic loss scale's settings; `(initial, floor, ceiling, period)`.
+    """Validates a dynamic loss scale's settings.
 
     The one check behind `DynamicLossScale` and `kpe.LossScaleOptimizer`
     (which names `initial` `initial_scale` and `period`
     `dynamic_growth_steps`): `floor` and `ceiling` finite with
     `0 < floor <= ceiling`, `floor <= initial <= ceiling` (an initial scale
-    out of bounds is an error, not clipped), `period` an int >= 1. Bad types
-    are `TypeError`s, bad values `ValueError`s, each naming the value.
+    out of bounds is an error, not clipped), `period` an int >= 1.
+
+    Args:
+        initial: the first scale.
+        floor: the lowest scale.
+        ceiling: the highest scale.
+        period: finite steps in a row before the scale grows.
+        initial_name: the name of `initial` in error messages.
+        period_name: the name of `period` in error messages.
+
+    Returns:
+        `(initial, floor, ceiling, period)`: three floats and an int.
+
+    Raises:
+        TypeError: a setting of the wrong type, named.
+        ValueError: a setting out of its range, named with the range.
 
     >>> from keras_policy_ext.loss_scale.values import check_settings
     >>> check_settings(2.0**15, 1, 2.0**24, 2000)
@@ -104,7 +118,13 @@ def check_settings(
 
 
 def all_finite(tree: Any) -> Any:
-    """A boolean scalar tensor: whether every tensor in `tree` is finite.
+    """Whether every tensor in `tree` is finite, as a boolean scalar tensor.
+
+    Args:
+        tree: a nested structure of tensors (gradients); `None`s are skipped.
+
+    Returns:
+        A boolean scalar tensor (`True` for a tree without tensors).
 
     >>> import numpy as np, keras_policy_ext as kpe
     >>> bool(kpe.loss_scale.all_finite({"a": np.ones(2), "b": [np.array([1.0, np.inf])]}))
@@ -133,6 +153,9 @@ class _LossScale:
 
 class StaticLossScale(_LossScale):
     """A fixed loss scale.
+
+    Args:
+        loss_scale: the scale, a number or a scalar tensor (held as float32).
 
     >>> import keras, keras_policy_ext as kpe
     >>> scale = kpe.loss_scale.StaticLossScale(128.0)
@@ -168,20 +191,37 @@ class StaticLossScale(_LossScale):
 
 
 class LossScaleStuckError(RuntimeError):
-    """`DynamicLossScale.check` found the scale stuck at its floor."""
+    """`DynamicLossScale.check` found the scale stuck at its floor.
+
+    >>> import keras_policy_ext as kpe
+    >>> issubclass(kpe.loss_scale.LossScaleStuckError, RuntimeError)
+    True
+    """
 
 
 class DynamicLossScale(_LossScale):
     """A loss scale that follows the gradients, within `[floor, ceiling]`.
 
-    `initial`: the first scale (Keras's default, 2**15), within
-    `[floor, ceiling]`. `period`: finite steps in a row before the scale
-    grows. `factor`: what it grows and shrinks by. `floor`, `ceiling`: its
-    bounds. Bad settings raise as `kpe.LossScaleOptimizer`'s do
-    (`check_settings`). Telemetry, as tensors: `skipped_steps` (steps with
-    non-finite gradients, in all) and `floor_steps` (non-finite steps in a
-    row that left the scale at its floor: a finite step resets it, since
-    training at the floor is still training); `check()` acts on them.
+    Telemetry, as tensors: `skipped_steps` (steps with non-finite
+    gradients, in all) and `floor_steps` (non-finite steps in a row that
+    left the scale at its floor: a finite step resets it, since training at
+    the floor is still training); `check()` acts on them.
+
+    Args:
+        initial: the first scale (Keras's default, 2**15), within
+            `[floor, ceiling]`.
+        period: finite steps in a row before the scale grows.
+        factor: what the scale grows and shrinks by, > 1.
+        floor: the lowest scale, > 0.
+        ceiling: the highest scale.
+        counter: finite steps in a row so far (restored state).
+        skipped_steps: non-finite steps so far (restored state).
+        floor_steps: non-finite steps in a row at the floor (restored state).
+
+    Raises:
+        TypeError: a setting of the wrong type (`check_settings`).
+        ValueError: a setting out of range (`check_settings`), or
+            `factor <= 1`.
 
     >>> import keras, keras_policy_ext as kpe
     >>> scale = kpe.loss_scale.DynamicLossScale(initial=4.0, period=2, ceiling=8.0)

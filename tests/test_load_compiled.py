@@ -29,7 +29,9 @@ def trained(policy, rules=None, optimizer=None):
                 keras.layers.Dense(1),
             ]
         )
-        model.compile(optimizer=optimizer or keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"])
+        model.compile(
+            optimizer=optimizer or keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"]
+        )
     model.fit(X, Y, batch_size=8, epochs=2, shuffle=False, verbose=0)
     return model
 
@@ -43,7 +45,9 @@ def assert_same_training_state(loaded, original):
     assert type(loaded.optimizer) is type(original.optimizer)
     assert int(loaded.optimizer.iterations) == int(original.optimizer.iterations) > 0
     assert len(loaded.optimizer.variables) == len(original.optimizer.variables)
-    for new, old in zip(as_numpy(loaded.optimizer.variables), as_numpy(original.optimizer.variables)):
+    for new, old in zip(
+        as_numpy(loaded.optimizer.variables), as_numpy(original.optimizer.variables)
+    ):
         np.testing.assert_array_equal(new, old)
     assert loaded.loss == original.loss == "mse"
 

@@ -12,14 +12,10 @@ process per backend:
   moment Keras's `model.save` returns. Target: at most 10% of the weight
   file (the archive is streamed, never read whole).
 
-Run from the repository root:
-
-    python benchmarks/save_memory.py                  # every importable backend
-    python benchmarks/save_memory.py --backend jax --megabytes 50
-
-It prints one Markdown table and the missed targets; it exits 0 when it
-measured everything (a missed target is reported, not an error), 1 when a
-measurement could not run, 2 for a usage error.
+Run it from the repository root, on every importable backend or on one
+(`--backend jax --megabytes 50`): `python benchmarks/save_memory.py`.
+It prints one Markdown table and the missed targets; exit statuses as
+`overhead.py`'s.
 """
 
 from __future__ import annotations
@@ -30,7 +26,13 @@ import tempfile
 import time
 import tracemalloc
 
-from per_backend import argument_parser, child_or_report, markdown_table, run_child, selected
+from per_backend import (
+    argument_parser,
+    at_least_one,
+    child_or_report,
+    report_targets,
+    selected,
+)
 
 TARGET_SHARE = 0.10
 POLICY = "params=bfloat16,compute=float32"  # 2 bytes a weight; a name only kpe parses
@@ -88,28 +90,16 @@ def measure(backend: str, megabytes: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argument_parser(__doc__)
-    parser.add_argument("--megabytes", type=int, default=200, help="the weight file's size")
+    parser.add_argument(
+        "--megabytes", type=at_least_one, default=200, help="the weight file's size (MB)"
+    )
     args = parser.parse_args(argv)
-    if args.megabytes < 1:
-        parser.error(f"--megabytes must be >= 1; got {args.megabytes}")
     return child_or_report(args, lambda args: measure(args.backend, args.megabytes), _report)
 
 
 def _report(args: argparse.Namespace) -> int:
-    rows, crashed = [], False
-    for backend in selected(args.backend):
-        backend_rows, _ = run_child(__file__, backend, ["--megabytes", str(args.megabytes)])
-        crashed |= backend_rows is None
-        rows += backend_rows or []
-    cells = [
-        [r["backend"], r["case"], r["value"], r["target"], "yes" if r["met"] else "no"]
-        for r in rows
-    ]
-    print(markdown_table(("Backend", "Case", "Peak (tracemalloc)", "Target", "Met"), cells))
-    missed = [f"{r['backend']}: {r['case']}" for r in rows if not r["met"]]
-    if missed:
-        print("\nMissed targets:\n" + "\n".join(f"- {m}" for m in missed))
-    return 1 if crashed else 0  # a missed target is a result, not a failure
+    flags = ["--megabytes", str(args.megabytes)]
+    return report_targets(__file__, selected(args.backend), flags, "Peak (tracemalloc)")
 
 
 if __name__ == "__main__":

@@ -39,14 +39,6 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = [
-    "DynamicLossScale",
-    "LossScaleStuckError",
-    "StaticLossScale",
-    "all_finite",
-    "check_settings",
-]
-
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -10,7 +10,7 @@ A model compiled with kpe records kpe's optimizer in its `.keras` file: where
 kpe is not installed, `keras.saving.load_model(path)` raises `TypeError:
 Could not locate class 'LossScaleOptimizer'`, and
 `keras.saving.load_model(path, compile=False)` loads the model (weights and
-policies) to compile again with Keras's own optimizer (see the README).
+policies) to compile again with Keras's own optimizer (see docs/loss_scaling.md).
 """
 
 from __future__ import annotations

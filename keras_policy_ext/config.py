@@ -72,6 +72,10 @@ class Snapshot:
 def snapshot() -> Snapshot:
     """The global policy state here, for `restore` (tests, `kpe.testing.clean_state`).
 
+    Returns:
+        A `Snapshot`: kpe's default and the calling thread's Keras global
+        policy, the very objects.
+
     >>> import keras_policy_ext as kpe
     >>> saved = kpe.config.snapshot()
     >>> kpe.config.set_dtype_policy("mixed_float16")
@@ -83,7 +87,18 @@ def snapshot() -> Snapshot:
 
 
 def restore(saved: Snapshot) -> None:
-    """Puts back kpe's default and this thread's Keras global policy (the very objects)."""
+    """Puts back kpe's default and this thread's Keras global policy (the very objects).
+
+    Args:
+        saved: what `snapshot()` returned.
+
+    >>> import keras_policy_ext as kpe
+    >>> saved = kpe.config.snapshot()
+    >>> kpe.config.set_dtype_policy("bfloat16")
+    >>> kpe.config.restore(saved)
+    >>> kpe.config.dtype_policy().name
+    'float32'
+    """
     with STATE.lock:
         STATE.default = saved.default
         internals.set_keras_global_policy(saved.keras_global)
@@ -193,6 +208,10 @@ def set_dtype_policy(policy: keras.DTypePolicy | str) -> None:
 
 def scoped_rules() -> Rules | None:
     """The `keras_policy_ext.Rules` of the innermost scope here, or `None`.
+
+    Returns:
+        The `Rules` of the innermost `policy_scope(rules=...)` open in this
+        thread or asyncio task, else `None`.
 
     >>> import keras_policy_ext as kpe
     >>> kpe.config.scoped_rules() is None

@@ -218,6 +218,14 @@ class DTypePolicy(keras.DTypePolicy):
         are). Integer and boolean inputs are never cast; a tensor that needs
         no cast is returned itself.
 
+        Args:
+            x: one input of a layer's call.
+            autocast: whether the layer casts its inputs (`layer.autocast`).
+            dtype: the dtype to cast to (the layer's `input_dtype`).
+
+        Returns:
+            `x`, cast to `dtype` when it is floating and `autocast` is true.
+
         >>> import keras, numpy as np, keras_policy_ext as kpe
         >>> policy = kpe.DTypePolicy("mixed_bfloat16")
         >>> y = policy.convert_input(np.ones(2, "float32"), True, "bfloat16")

@@ -536,14 +536,42 @@ class Rules:
         return owned + ([self.default] if self.default is not None else [])
 
     def with_default(self, default: Any) -> Rules:
-        """The same rules with another default."""
+        """The same rules with another default.
+
+        Args:
+            default: the new default policy (a name or a policy), or `None`.
+
+        Returns:
+            A new `Rules`; these are unchanged.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> kpe.rules.FLOAT32_NUMERICS.with_default("mixed_bfloat16").default
+        <DTypePolicy "mixed_bfloat16">
+        """
         return Rules(self.rules, default)
 
     def __add__(self, other: Rules) -> Rules:
         return Rules(self.rules + other.rules, self.default or other.default)
 
     def pick(self, layer_class: type, name: str, path: str | None = None) -> keras.DTypePolicy:
-        """The policy for a layer of that class, name and path (default: name)."""
+        """The policy for a layer of that class, name and path.
+
+        Args:
+            layer_class: the layer's class.
+            name: the layer's name.
+            path: the path it is built under; `None` matches `name`.
+
+        Returns:
+            The first matching rule's policy, else the default.
+
+        Raises:
+            ValueError: no rule matches and there is no default.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> rules = kpe.rules.FLOAT32_NUMERICS.with_default("mixed_float16")
+        >>> rules.pick(keras.layers.Softmax, "attention_scores")
+        <DTypePolicy "float32">
+        """
         index, policy, reason = self.explain(layer_class, name, path)
         if policy is None:
             raise ValueError(
@@ -554,9 +582,23 @@ class Rules:
     def explain(
         self, layer_class: type, name: str, path: str | None = None
     ) -> tuple[int | None, keras.DTypePolicy | None, str]:
-        """`(rule index or None, policy, reason)` for a layer's class, name, path.
+        """Which rule picks the policy for a layer's class, name and path, and why.
 
-        The policy is the default (maybe `None`) when no rule matches.
+        Args:
+            layer_class: the layer's class.
+            name: the layer's name.
+            path: the path it is built under; `None` matches `name`.
+
+        Returns:
+            `(rule index or None, policy, reason)`; the policy is the default
+            (maybe `None`) when no rule matches.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> rules = kpe.Rules([kpe.Rule("float32", name="head*")], default="bfloat16")
+        >>> rules.explain(keras.layers.Dense, "head_logits")[0]
+        0
+        >>> rules.explain(keras.layers.Dense, "hidden")[2]
+        'no rule matched: the default'
         """
         path = name if path is None else path
         for i, rule in enumerate(self.rules):
@@ -568,14 +610,28 @@ class Rules:
     def place(
         self, layer: keras.layers.Layer, path: str, fallback: keras.DTypePolicy
     ) -> keras.DTypePolicy:
-        """Picks `layer`'s policy and records why.
+        """Picks `layer`'s policy and records why, for `kpe.explain`.
 
-        `fallback` is the policy `layer` was built with (its parent's, for a
-        sublayer a composite layer builds), or the policy in force. A layer no
-        rule matches follows its parent when a rule picked the parent's policy
-        (a class rule on a `MultiHeadAttention` reaches its projections and
-        softmax, as Keras's own `dtype=` does), else takes the default, else
-        `fallback`.
+        What the plugin calls while Keras builds a layer under rules. A layer
+        no rule matches follows its parent when a rule picked the parent's
+        policy (a class rule on a `MultiHeadAttention` reaches its projections
+        and softmax, as Keras's own `dtype=` does), else takes the default,
+        else `fallback`.
+
+        Args:
+            layer: the layer being built.
+            path: the path it is built under.
+            fallback: the policy `layer` was built with (its parent's, for a
+                sublayer a composite layer builds), or the policy in force.
+
+        Returns:
+            The policy `layer` takes.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> rules = kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax)])
+        >>> layer = keras.layers.Softmax()
+        >>> rules.place(layer, layer.name, kpe.DTypePolicy("mixed_float16"))
+        <DTypePolicy "float32">
         """
         index, policy, reason = self.explain(type(layer), layer.name, path)
         if index is None:
@@ -597,7 +653,20 @@ class Rules:
         """Keras's `DTypePolicyMap` for rules that match on `path` only.
 
         Keras maps paths (exactly, then by regex `fullmatch`), so class and
-        name rules cannot be exported: a `ValueError` names them.
+        name rules cannot be exported.
+
+        Returns:
+            A new `keras.dtype_policies.DTypePolicyMap` (regex flags written
+            inline), with the rules' default as its default.
+
+        Raises:
+            ValueError: a class or name rule (named), or rules without a
+                default.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> rules = kpe.Rules([kpe.Rule("float32", path="model/head")], default="bfloat16")
+        >>> rules.to_dtype_policy_map()["model/head"].name
+        'float32'
         """
         unsupported = [r for r in self.rules if r.layer is not None or r.name is not None]
         if unsupported:
@@ -618,6 +687,12 @@ class Rules:
 
         Exact keys come first, as Keras looks them up first; the others are
         regular expressions matched in full. Quantized policies are kept.
+
+        Args:
+            policy_map: a `keras.dtype_policies.DTypePolicyMap`.
+
+        Returns:
+            A new `Rules` of path rules, with the map's default.
 
         >>> import keras, keras_policy_ext as kpe
         >>> policy_map = keras.dtype_policies.DTypePolicyMap(

@@ -132,11 +132,34 @@ class _LossScale:
     loss_scale: Any
 
     def scale(self, loss: Any) -> Any:
-        """`loss * loss_scale`, in the loss's dtype (compute the loss in float32)."""
+        """Multiplies the loss by the scale, before differentiation.
+
+        Args:
+            loss: the loss tensor (compute it in float32).
+
+        Returns:
+            `loss * loss_scale`, in the loss's dtype.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> float(kpe.loss_scale.StaticLossScale(8.0).scale(keras.ops.convert_to_tensor(0.5)))
+        4.0
+        """
         return ops.multiply(loss, ops.cast(self.loss_scale, loss.dtype))
 
     def unscale(self, grads: Any) -> Any:
-        """`grads / loss_scale`, each gradient (a tree; `None`s kept) in its own dtype."""
+        """Divides the gradients by the scale, after differentiation.
+
+        Args:
+            grads: a tree of gradients; `None`s are kept.
+
+        Returns:
+            The same tree, each gradient divided by the scale in its own dtype.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> grads = kpe.loss_scale.StaticLossScale(8.0).unscale([keras.ops.ones(2), None])
+        >>> keras.ops.convert_to_numpy(grads[0]).tolist(), grads[1]
+        ([0.125, 0.125], None)
+        """
         inverse = ops.divide(1.0, self.loss_scale)
         return keras.tree.map_structure(
             lambda g: None if g is None else ops.multiply(g, ops.cast(inverse, g.dtype)), grads
@@ -161,7 +184,14 @@ class StaticLossScale(_LossScale):
         self.loss_scale = ops.convert_to_tensor(loss_scale, "float32")
 
     def adjust(self, grads_finite: Any) -> StaticLossScale:
-        """The same scale: a static scale does not move."""
+        """The same scale: a static scale does not move.
+
+        Args:
+            grads_finite: whether the step's gradients were all finite (unused).
+
+        Returns:
+            This loss scale.
+        """
         return self
 
     def tree_flatten(self) -> tuple[tuple, None]:
@@ -245,7 +275,21 @@ class DynamicLossScale(_LossScale):
         self.floor_steps = ops.convert_to_tensor(floor_steps, "int32")
 
     def adjust(self, grads_finite: Any) -> DynamicLossScale:
-        """The scale after a step whose gradients were (not) all finite."""
+        """The scale after a step: halved after non-finite gradients, grown after `period`.
+
+        Args:
+            grads_finite: a boolean (scalar tensor): whether the step's
+                gradients were all finite (`all_finite(grads)`).
+
+        Returns:
+            A new `DynamicLossScale` (this one is unchanged), within
+            `[floor, ceiling]`, its telemetry updated.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> scale = kpe.loss_scale.DynamicLossScale(initial=8.0)
+        >>> float(scale.adjust(keras.ops.convert_to_tensor(False))), float(scale)
+        (4.0, 8.0)
+        """
         finite = ops.convert_to_tensor(grads_finite, "bool")
         grow = ops.logical_and(finite, ops.equal(self.counter, self.period - 1))
         scale = ops.where(
@@ -276,6 +320,17 @@ class DynamicLossScale(_LossScale):
         gradients are non-finite whatever the scale, so the model diverged.
         Finite steps at the floor are not counted (a floor of 1 is no scaling,
         and training there is fine).
+
+        Args:
+            max_floor_steps: how many non-finite steps in a row at the floor
+                are tolerated.
+            on_stuck: `"warn"` or `"raise"`.
+
+        Raises:
+            LossScaleStuckError: with `on_stuck="raise"`, when stuck.
+            ValueError: an `on_stuck` other than `"warn"` or `"raise"`, or a
+                negative `max_floor_steps`.
+            TypeError: a `max_floor_steps` that is not an int.
 
         >>> import keras, keras_policy_ext as kpe
         >>> scale = kpe.loss_scale.DynamicLossScale(initial=1.0, floor=1.0)

@@ -216,6 +216,8 @@ def _compiled_like(loaded: keras.Model, new: keras.Model, filepath: Any) -> kera
         return new
     with plugin.installed():  # policies change: loss scaling is chosen by the new dtypes
         new.compile_from_config(loaded.get_compile_config())
+    if getattr(new, "optimizer", None) is None:
+        return new  # a model with its own compile(): Keras's warning says to compile it
     old_optimizer, new_optimizer = loaded.optimizer, new.optimizer
     if not old_optimizer.built:
         return new  # saved before any step: nothing to carry

@@ -121,7 +121,9 @@ def test_public_docstrings_are_in_keras_style(name, value):
     if inspect.isclass(value) and issubclass(value, BaseException):
         parameters = []  # an error's message, as every exception takes
     if parameters:
-        assert "\nArgs:\n" in doc, f"{name}: takes {[p.name for p in parameters]}, no Args: section"
+        # A named tuple's fields are its attributes (what mkdocstrings reads for them).
+        fields = "\nAttributes:\n" if hasattr(value, "_fields") else "\nArgs:\n"
+        assert fields in doc, f"{name}: takes {[p.name for p in parameters]}, no {fields.strip()}"
     if inspect.isfunction(value):
         returns = inspect.signature(value).return_annotation
         silent = (None, "None", inspect.Signature.empty)

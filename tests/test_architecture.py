@@ -20,6 +20,7 @@ LAYERS = {
     "__init__": 0,  # lazy: names load their modules on first use
     "backends": 0,
     "internals": 0,
+    "internals.isolation": 0,
     "internals.fixes": 1,  # recognises kpe's policies by their module, unimported
     "grammar": 0,
     "loss_scale": 0,

@@ -21,6 +21,7 @@ from typing import Any
 from keras_policy_ext.backends import BACKENDS
 from keras_policy_ext.cli.quiet import native_logs_filtered
 from keras_policy_ext.grammar import ROLE_KEYS
+from keras_policy_ext.testing.zoo import DEFAULT_SEED
 
 # How often, at most, a run without a terminal reports its progress.
 HEARTBEAT_SECONDS = 5.0
@@ -51,6 +52,7 @@ class _Progress:
         self.last_report = time.monotonic()
         self.drawn = False
         self.running: dict[str, float | None] = {}  # each backend's seconds, None once done
+        self.printed: dict[str, str] = {}  # without a terminal: each backend's last line
 
     def __call__(self, backend: str, done: int, total: int) -> None:
         self.state[backend] = f"{done}/{total} layers"
@@ -71,8 +73,8 @@ class _Progress:
         """Each backend's state, as the run goes.
 
         On a terminal, the live line every second, so that a backend starting
-        or hung is seen to be so; else a line per backend every
-        `HEARTBEAT_SECONDS`.
+        or hung is seen to be so; else, at most every `HEARTBEAT_SECONDS`, a
+        line for each backend whose state changed since its last line.
         """
         every = 1.0 if self.live else HEARTBEAT_SECONDS
         if time.monotonic() - self.last_report < every:
@@ -84,8 +86,13 @@ class _Progress:
             return
         for backend, seconds in running.items():
             state = self.state.get(backend, "starting")
-            when = "done" if seconds is None else f"{seconds:.0f} s"
-            print(f"checking {backend}: {state} ({when})", file=sys.stderr, flush=True)
+            if seconds is None:
+                state += ", done"
+            if self.printed.get(backend) == state:
+                continue  # a log gets a line when something changed, not a heartbeat
+            self.printed[backend] = state
+            when = "" if seconds is None else f" ({seconds:.0f} s)"
+            print(f"checking {backend}: {state}{when}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.live and self.drawn:
@@ -126,6 +133,7 @@ def _check(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             verbose=args.verbose,
             cache_dir=args.cache_dir,
+            seed=args.seed,
         )
     except ValueError as e:  # bad names, a bad cache directory, and TargetError
         progress.close()
@@ -135,12 +143,8 @@ def _check(args: argparse.Namespace) -> int:
     text = FORMATS[args.format](
         result, every_row=args.all or args.format != "table", fail_on_keras=args.fail_on_keras
     )
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        print(summary(result, args.fail_on_keras))
-    else:
-        print(text)
+    if not _report("check", args.output, text, lambda: summary(result, args.fail_on_keras)):
+        return 2
     return result.status(args.fail_on_keras)
 
 
@@ -161,26 +165,64 @@ def _doctest(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"keras-policy-ext doctest: error: {e}", file=sys.stderr)
         return 2
+    problem = _unwritable(args.output) if args.output else ""
+    if problem:
+        print(f"keras-policy-ext doctest: error: {problem}", file=sys.stderr)
+        return 2
     results = run_files(files, backends, setup=setup, plugin=args.plugin, timeout=args.timeout)
     text = FORMATS[args.format](results)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        print(summary(results))
-    else:
-        print(text)
+    if not _report("doctest", args.output, text, lambda: summary(results)):
+        return 2
     return doctest_status(results)
 
 
+def _report(command: str, output: str | None, text: str, summary: Callable[[], str]) -> bool:
+    """Writes the report to `output` and prints the summary, or prints the report.
+
+    A report that cannot be written after all is printed instead, with the
+    error on stderr; returns `False` then.
+    """
+    if not output:
+        print(text)
+        return True
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    except OSError as e:
+        print(text)
+        print(
+            f"keras-policy-ext {command}: error: cannot write the report to {output!r}: "
+            f"{e.strerror or e}",
+            file=sys.stderr,
+        )
+        return False
+    print(summary())
+    return True
+
+
 def _unwritable(path: str) -> str:
-    """Why a report cannot be written to `path` (checked before the run), else `""`."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Why a report cannot be written to `path` (checked before the run), else `""`.
+
+    The file is opened for writing, as the report will be, and a file this
+    made is removed again: what the system refuses (a missing directory,
+    `/proc`, a read-only file system) is refused here, before the run.
+
+    >>> from keras_policy_ext.cli import _unwritable
+    >>> _unwritable("/proc/no-such-dir/report.json")
+    "cannot write the report to '/proc/no-such-dir/report.json': No such file or directory"
+    """
     if os.path.isdir(path):
         return f"cannot write the report to {path!r}: it is a directory"
-    if not os.path.isdir(folder):
-        return f"cannot write the report to {path!r}: no directory {folder!r}"
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        return f"cannot write the report to {path!r}: not writable"
+    if os.path.isfile(path) and os.statvfs(path).f_blocks == 0:
+        return f"cannot write the report to {path!r}: its file system (/proc, /sys) holds no data"
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        return f"cannot write the report to {path!r}: {e.strerror or e}"
+    if not existed:
+        os.remove(path)
     return ""
 
 
@@ -233,6 +275,16 @@ def _backends(value: str) -> list[str]:
             f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}"
         )
     return names
+
+
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {value!r}")
+    return seed
 
 
 def _seconds(value: str) -> float:
@@ -337,6 +389,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--all", action="store_true", help="table: every row, not only findings and refusals"
+    )
+    check.add_argument(
+        "--seed",
+        type=_seed,
+        default=DEFAULT_SEED,
+        help="the run's seed (default %(default)s): each case's weights, inputs and "
+        "training target are drawn from it and the case's layer, policy and policy "
+        "source, so a run gives the same findings every time; recorded in json and junit",
     )
     check.add_argument(
         "--cache-dir",

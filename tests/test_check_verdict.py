@@ -264,3 +264,15 @@ def test_the_seed_is_recorded_in_json_and_junit(env, tmp_path):
     assert seeds and set(seeds) == {"0"}, result.stdout
     result = cli(*base, "--seed", "x", env=env)
     assert result.returncode == 2 and "--seed" in result.stderr
+
+
+def test_check_layer_refuses_a_quantized_policy_before_any_case_runs():
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return keras.layers.Dense(2)
+
+    with pytest.raises(ValueError, match="quantized policy 'int8_from_float32'"):
+        check_layer(factory, X, ["float32", "int8_from_float32"])
+    assert calls == []

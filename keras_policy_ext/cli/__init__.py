@@ -345,11 +345,15 @@ def _parser() -> argparse.ArgumentParser:
         _check,
         "check layers x policies on every installed backend",
         "Builds each layer under each policy, one subprocess per backend, and "
-        "reports variables, outputs, symbolic dtypes, a training step and "
-        "numerics that deviate from the policy. TARGETs are 'module:callable': "
-        "the callable takes no arguments and returns (layer, inputs); it is "
-        "called inside each policy's scope, so build the layer with dtype=None. "
-        "Without TARGETs the built-in zoo of stock Keras layers is checked.",
+        "reports variables, outputs, symbolic dtypes, a training step (its update "
+        "against a float32 step) and numerics that deviate from the policy. Every "
+        "case is seeded from --seed and its layer, policy and policy source. "
+        "TARGETs are 'module:callable': the callable takes no arguments and returns "
+        "(layer, inputs), or (layer, inputs, options) with options a dict of "
+        "check_layer's keyword options for what the layer does on purpose: "
+        "output_dtype, variable_dtypes, tolerances, train, numerics. It is called "
+        "inside each policy's scope, so build the layer with dtype=None. Without "
+        "TARGETs the built-in zoo of stock Keras layers is checked.",
     )
     check.add_argument("targets", nargs="*", metavar="TARGET", help="module:callable")
     check.add_argument(

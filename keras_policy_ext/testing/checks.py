@@ -58,6 +58,8 @@ TRAIN_LEARNING_RATE = 1.0
 # last place, over twice the rounding) before the tolerance is applied.
 _ROUNDING = {"float16": 2.0**-10, "bfloat16": 2.0**-7, "float32": 2.0**-23, "float64": 2.0**-52}
 
+# Names Keras reads as quantized policies (`keras.dtype_policies.get`).
+QUANTIZED_PREFIXES = ("int8", "int4", "float8", "gptq", "awq")
 OPTIONS = ("output_dtype", "variable_dtypes", "tolerances", "train", "numerics")
 
 
@@ -246,8 +248,17 @@ def _as_args(inputs: Any) -> tuple:
 
 
 def _policy(policy: Any, source: str) -> keras.DTypePolicy:
+    """The policy object a case of `source` checks; `ValueError` for a quantized one."""
+    name = policy.name if isinstance(policy, keras.DTypePolicy) else policy
+    if getattr(policy, "quantization_mode", None) is not None or (
+        isinstance(name, str) and name.startswith(QUANTIZED_PREFIXES)
+    ):
+        raise ValueError(
+            f"Cannot check the quantized policy {name!r}: the checks hold a layer to a "
+            f"policy's float dtypes. Valid policies: float ones such as "
+            f"{', '.join(DEFAULT_POLICIES)}, or a role spec such as 'p=f32,c=bf16'."
+        )
     if source == "keras":
-        name = policy.name if isinstance(policy, keras.DTypePolicy) else policy
         return keras.DTypePolicy(name)
     return as_policy(policy)
 
@@ -721,6 +732,10 @@ def check_layer(
         factory, inputs, name=name, train=train, numerics=numerics, tolerances=tolerances,
         variable_dtypes=variable_dtypes, rules=rules, output_dtype=output_dtype, seed=seed,
     )  # fmt: skip
+    policies = list(policies)
+    for policy in policies:  # a bad or quantized policy raises before any case runs
+        for source in sources:
+            _policy(policy, source)
     return Report(tuple(case for p in policies for case in checker.check(p, sources)), seed)
 
 

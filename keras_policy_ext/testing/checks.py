@@ -53,6 +53,13 @@ TOLERANCES = {"float16": 1e-2, "bfloat16": 8e-2, "float32": 1e-5, "float64": 1e-
 # rounding of a float16/bfloat16 variable, so a wrong gradient shows.
 TRAIN_LEARNING_RATE = 1.0
 
+# A variable's update is judged relative to its own float32 update, but never
+# to less than this fraction of the layer's largest: a variable whose true
+# gradient is zero or nearly (an attention key's bias, which softmax cancels)
+# gets rounding noise from terms that cancel, on the scale of the layer's other
+# gradients, not of its own.
+UPDATE_FLOOR = 0.1
+
 # A variable holds its update rounded to its dtype: each element may differ
 # from the float32 step by up to this fraction of its value (one unit in the
 # last place, over twice the rounding) before the tolerance is applied.
@@ -617,8 +624,9 @@ class _Case:
         """Each variable's update against a float32 step: a finding names the variable.
 
         The error is the largest difference between the two updates, past the
-        rounding of the variable's dtype (`_ROUNDING`), relative to the largest
-        update of any variable of the layer in the float32 step; a NaN or Inf
+        rounding of the variable's dtype (`_ROUNDING`), relative to the
+        variable's largest float32 update, or to `UPDATE_FLOOR` of the layer's
+        largest, whichever is larger; a NaN or Inf
         where the float32 update is finite is a wrong update. Returns whether
         the updates were compared: not where there is no tolerance (a float32
         layer is the reference) or the float32 step is not finite itself.
@@ -641,12 +649,10 @@ class _Case:
             return True
         if not all(np.isfinite(e).all() for e in expected):
             return False
-        # Relative to the layer's largest update: a variable whose true gradient
-        # is zero (an attention key's bias, which softmax cancels) gets rounding
-        # noise from terms that cancel, as large as the layer's other gradients.
-        scale = max((float(np.max(np.abs(e), initial=0.0)) for e in expected), default=0.0)
-        scale = max(scale, 1e-30)
+        largest = max((float(np.max(np.abs(e), initial=0.0)) for e in expected), default=0.0)
         for v, b, a, e in zip(layer.trainable_weights, before, after, expected):
+            own = float(np.max(np.abs(e), initial=0.0))
+            scale = max(own, UPDATE_FLOOR * largest, 1e-30)
             slack = _ROUNDING.get(_dtype(v), 0.0) * np.abs(a)
             off = np.maximum(np.abs((a - b) - e) - slack, 0.0)
             relative = float(np.max(off, initial=0.0)) / scale

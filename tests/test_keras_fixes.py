@@ -485,6 +485,23 @@ def test_nested_matmul_layers_conform_in_a_functional_model(fixes, policy):
     assert dtype(outputs) == dtype(model(normal(2, 3))) == p.compute_dtype
 
 
+class ScopedMatmulLayer(MatmulLayer):
+    """`MatmulLayer` whose `call` opens its own `keras.name_scope` (no caller)."""
+
+    def call(self, x):
+        with keras.name_scope("inner"):
+            return ops.matmul(x, self.w)
+
+
+@pytest.mark.parametrize("policy", (*MIXED, "float64"))
+def test_fixes_find_their_layer_under_a_name_scope_opened_in_call(fixes, policy):
+    """The fixes that look for the layer running (torch_symbolic_autocast,
+    float64_promotion) find it also under a scope its `call` opens."""
+    if policy == "float64" and not HOLDS_FLOAT64:
+        pytest.skip("JAX without x64 cannot hold float64: refused (test_refusal_*)")
+    assert_conforms(lambda p: ScopedMatmulLayer(dtype=p), (normal(2, 3),), policy)
+
+
 class CallsADense(keras.layers.Layer):
     """A subclassed layer calling a sublayer, without `compute_output_shape`."""
 

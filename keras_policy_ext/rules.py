@@ -690,14 +690,15 @@ _NORMALIZATION_REASON = (
 )
 FLOAT32_NUMERICS = Rules(
     [
-        Rule("float32", layer=cls, reason=_NORMALIZATION_REASON)
-        for cls in (
-            keras.layers.LayerNormalization,
-            keras.layers.BatchNormalization,
-            keras.layers.GroupNormalization,
-            keras.layers.RMSNormalization,
-            keras.layers.UnitNormalization,
+        Rule("float32", layer=getattr(keras.layers, name), reason=_NORMALIZATION_REASON)
+        for name in (
+            "LayerNormalization",
+            "BatchNormalization",
+            "GroupNormalization",
+            "RMSNormalization",  # Keras 3.9 and newer
+            "UnitNormalization",
         )
+        if hasattr(keras.layers, name)
     ]
     + [
         Rule(

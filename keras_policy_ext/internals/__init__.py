@@ -249,13 +249,28 @@ def keras_loss_scale_apply_fails_eagerly() -> bool:
 
 
 def optimizer_trainable_variables(optimizer: keras.optimizers.Optimizer) -> list:
-    """The variables an optimizer was built for (`apply` with none given updates them)."""
-    return optimizer._trainable_variables
+    """The variables an optimizer was built for (`apply` with none given updates them).
+
+    A `LossScaleOptimizer` of Keras 3.11 and older builds only its inner
+    optimizer, which then holds them.
+    """
+    variables = optimizer._trainable_variables
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if not variables and inner is not None:
+        variables = inner._trainable_variables
+    return variables
 
 
 def overwrites_with_gradient(optimizer: keras.optimizers.Optimizer, variable: Any) -> bool:
-    """Whether `apply` assigns `variable` its gradient (Keras's `overwrite_with_gradient`)."""
-    return optimizer._overwrite_variable_with_gradient(variable)
+    """Whether `apply` assigns `variable` its gradient (Keras's `overwrite_with_gradient`).
+
+    Asked of the optimizer where it says (Keras 3.9 and newer), else read from the
+    variable as Keras 3.8's `apply` does.
+    """
+    ask = getattr(optimizer, "_overwrite_variable_with_gradient", None)
+    if ask is not None:
+        return ask(variable)
+    return bool(getattr(variable, "overwrite_with_gradient", False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -352,7 +367,8 @@ INTERNALS: tuple[Internal, ...] = (
         _imports(lambda: _built_loss_scale_optimizer().dynamic_scale),
     ),
     Internal(
-        "keras.optimizers.Optimizer._trainable_variables, ._overwrite_variable_with_gradient",
+        "keras.optimizers.Optimizer._trainable_variables, ._overwrite_variable_with_gradient "
+        "(Keras 3.9 and newer; 3.8: Variable.overwrite_with_gradient)",
         "kpe's LossScaleOptimizer.apply without ops.cond on JAX (keras#19244) updates "
         "what Keras's apply updates",
         _imports(

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from importlib.metadata import version
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np

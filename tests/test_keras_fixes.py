@@ -1006,7 +1006,7 @@ def test_the_plugin_refuses_float64_where_jax_cannot_hold_it(no_fixes):
         L.Dense(2, dtype=keras.DTypePolicy("float64"))
     message = str(e.value)
     assert isinstance(e.value, ValueError)
-    for part in ("Dense 'head'", "'float64'", "jax backend", "x64 disabled", "JAX_ENABLE_X64=1"):
+    for part in ("Dense 'head'", "'float64'", "jax backend", "x64 is disabled", "JAX_ENABLE_X64=1"):
         assert part in message, part
     assert kpe.config.dtype_policy() == default and not kpe.is_installed()
     assert keras_fixes.applied() == ()
@@ -1019,3 +1019,19 @@ def test_the_plugin_refuses_a_torch_module_wrapper_under_a_mixed_policy(no_fixes
         L.TorchModuleWrapper(torch_linear(), dtype=policy)
     for part in ("TorchModuleWrapper", "torch backend", "mat1 and mat2", "single-dtype policy"):
         assert part in str(e.value), part
+
+
+@pytest.mark.parametrize(
+    "name", ("float64", "params=float64,compute=float32", "mixed_bfloat16", "float32")
+)
+def test_validate_and_the_refusals_decide_what_the_backend_holds_alike(name):
+    """One answer to "can this backend hold it": `kpe.validate`'s reason and the
+    plugin's refusal end with the same words, or both accept."""
+    policy = kpe.DTypePolicy(name)
+    reason = keras_fixes.cannot_hold({policy.compute_dtype, policy.variable_dtype})
+    ok, why = kpe.validate(policy)
+    refused = keras_fixes.refusal(L.Dense(2), policy)
+    assert ok is (reason is None) and (refused is None) is (reason is None)
+    if reason is not None:
+        assert why.endswith(reason) and refused.endswith(reason)
+        assert "JAX_ENABLE_X64=1" in reason

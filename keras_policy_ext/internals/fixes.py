@@ -48,6 +48,7 @@ from keras import ops
 from keras.src.backend.common import global_state
 from keras.src.backend.common.variables import get_autocast_scope
 
+from keras_policy_ext.backends import jax_x64_on
 from keras_policy_ext.internals import quiet, refuse, resolve, target_problem
 
 # The module of kpe's policy class. This module sits below it (the policy
@@ -123,6 +124,39 @@ def holds_float64() -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # JAX warns that it truncates: that is the answer
         return _dtype(ops.zeros((), dtype="float64")) == "float64"
+
+
+def cannot_hold(dtypes: Any, backend: str | None = None) -> str | None:
+    """Why `backend` (default: the running one) cannot hold one of `dtypes`, else `None`.
+
+    The one place kpe decides what a backend can hold: `kpe.validate` and
+    `refusal` (the plugin's refusals) both ask it. JAX without x64 holds
+    float32 for float64 (and complex64 for complex128): on the running
+    backend, asked of JAX itself (`holds_float64`); for JAX asked from
+    another backend's process, read from `JAX_ENABLE_X64` as JAX reads it.
+
+    >>> from keras_policy_ext.internals.fixes import cannot_hold
+    >>> cannot_hold({"float32", "bfloat16"}, "jax") is None
+    True
+    >>> cannot_hold({"float64"}, "torch") is None
+    True
+    >>> print(cannot_hold({"float64"}, "jax"))  # JAX_ENABLE_X64 unset
+    x64 is disabled, so float64 variables and tensors silently hold float32; ...
+    """
+    backend = keras.backend.backend() if backend is None else backend
+    if backend != "jax" or not set(dtypes) & {"float64", "complex128"}:
+        return None
+    if backend == keras.backend.backend():
+        if holds_float64():
+            return None
+    elif jax_x64_on():
+        return None
+    return (
+        "x64 is disabled, so float64 variables and tensors silently hold float32; the "
+        "variable and the KerasTensor declare float64, the values are float32. Fix: set "
+        "JAX_ENABLE_X64=1 in the environment before JAX is imported (or "
+        "jax.config.update('jax_enable_x64', True) at start-up), or use a float32 policy."
+    )
 
 
 # --------------------------------------------------------------------------
@@ -1077,15 +1111,9 @@ def refusal(layer: Any, policy: Any = None) -> str | None:
     backend = keras.backend.backend()
     what = f"{type(layer).__name__} {getattr(layer, 'name', '?')!r} under policy {policy.name!r}"
     head = f"keras_policy_ext refuses {what} on the {backend} backend: "
-    dtypes = {policy.compute_dtype, policy.variable_dtype}
-    if backend == "jax" and dtypes & {"float64", "complex128"} and not holds_float64():
-        return head + (
-            "JAX runs with x64 disabled, so float64 variables and tensors silently hold "
-            "float32 (the variable and the KerasTensor declare float64, the values are "
-            "float32). Fix: set JAX_ENABLE_X64=1 in the environment before JAX is "
-            "imported (or jax.config.update('jax_enable_x64', True) at start-up), or "
-            "use a float32 policy."
-        )
+    unholdable = cannot_hold({policy.compute_dtype, policy.variable_dtype}, backend)
+    if unholdable is not None:
+        return head + unholdable
     if (
         backend == "torch"
         and isinstance(layer, keras.layers.TorchModuleWrapper)

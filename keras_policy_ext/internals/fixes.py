@@ -325,8 +325,10 @@ class Fix:
 
         `force=True` patches even where the probe says Keras is fine (the
         patch must then be harmless). Idempotent; returns whether the fix is
-        applied afterwards. Raises `RuntimeError` naming what is missing when
-        this Keras lacks a target.
+        applied afterwards. Raises `RuntimeError` naming each target this
+        Keras lacks or has with another signature than `Target.expects`,
+        before patching any; a replacement that fails half-way is reverted
+        with the targets patched before it, and its error raised.
 
         >>> import keras
         >>> from keras_policy_ext.internals import fixes as keras_fixes

@@ -162,16 +162,18 @@ class Pattern:
 
 
 # Keras's quantized policy classes, by name: the only classes a policy config
-# in rules may name (nothing is imported).
+# in rules may name (nothing is imported). Those this Keras has: Int4DTypePolicy
+# came with Keras 3.15, GPTQ and AWQ with later 3.x releases than 3.8.
 _QUANTIZED_CLASSES = {
-    cls.__name__: cls
-    for cls in (
-        keras.dtype_policies.QuantizedDTypePolicy,
-        keras.dtype_policies.QuantizedFloat8DTypePolicy,
-        keras.dtype_policies.Int4DTypePolicy,
-        keras.dtype_policies.GPTQDTypePolicy,
-        keras.dtype_policies.AWQDTypePolicy,
+    name: getattr(keras.dtype_policies, name)
+    for name in (
+        "QuantizedDTypePolicy",
+        "QuantizedFloat8DTypePolicy",
+        "Int4DTypePolicy",
+        "GPTQDTypePolicy",
+        "AWQDTypePolicy",
     )
+    if hasattr(keras.dtype_policies, name)
 }
 
 
@@ -556,9 +558,11 @@ class Rules:
         rule matches follows its parent when a rule picked the parent's policy
         (a class rule on a `MultiHeadAttention` reaches its projections and
         softmax, as Keras's own `dtype=` does), else takes the default, else
-        `fallback`.
+        `fallback`. `path` ends with the layer's name (Keras 3.10 and older
+        resolve a layer's policy before they set `layer.name`).
         """
-        index, policy, reason = self.explain(type(layer), layer.name, path)
+        name = path.rpartition("/")[2]
+        index, policy, reason = self.explain(type(layer), name, path)
         if index is None:
             parent = next((i for i, r in enumerate(self.rules) if r.policy is fallback), None)
             if parent is not None:
@@ -570,7 +574,7 @@ class Rules:
             elif policy is None:
                 policy, reason = fallback, "no rule matched: its parent's policy"
         _EXPLANATIONS[layer] = Explanation(
-            layer.name, type(layer).__name__, path, policy.name, index, reason
+            name, type(layer).__name__, path, policy.name, index, reason
         )
         return policy
 
@@ -686,14 +690,15 @@ _NORMALIZATION_REASON = (
 )
 FLOAT32_NUMERICS = Rules(
     [
-        Rule("float32", layer=cls, reason=_NORMALIZATION_REASON)
-        for cls in (
-            keras.layers.LayerNormalization,
-            keras.layers.BatchNormalization,
-            keras.layers.GroupNormalization,
-            keras.layers.RMSNormalization,
-            keras.layers.UnitNormalization,
+        Rule("float32", layer=getattr(keras.layers, name), reason=_NORMALIZATION_REASON)
+        for name in (
+            "LayerNormalization",
+            "BatchNormalization",
+            "GroupNormalization",
+            "RMSNormalization",  # Keras 3.9 and newer
+            "UnitNormalization",
         )
+        if hasattr(keras.layers, name)
     ]
     + [
         Rule(

@@ -19,6 +19,7 @@ PACKAGE = ROOT / "keras_policy_ext"
 LAYERS = {
     "__init__": 0,  # lazy: names load their modules on first use
     "backends": 0,
+    "internals.versions": -1,  # the verified Keras range: below everything
     "internals": 0,
     "internals.isolation": 0,
     "internals.fixes": 1,  # recognises kpe's policies by their module, unimported

@@ -31,16 +31,38 @@ DOCTEST_TIMEOUT = 600.0  # per file
 
 def _info(args: argparse.Namespace) -> int:
     with native_logs_filtered(not args.verbose):
+        import warnings
+
         import keras
 
         import keras_policy_ext as kpe
+        from keras_policy_ext.internals import fixes, versions
 
         policy = kpe.config.dtype_policy().name
+        refused = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                kpe.install()  # what install() applies is what the report says
+            except RuntimeError as error:
+                refused = str(error)
+            report = fixes.report()
+            kpe.uninstall()
+    standing = {"older": "older than", "verified": "in", "newer": "newer than"}[versions.standing()]
     print(f"keras-policy-ext {kpe.__version__}")
-    print(f"keras            {keras.__version__}")
+    print(f"keras            {keras.__version__}, {standing} the verified range")
+    print(f"verified range   {versions.VERIFIED_RANGE}")
     print(f"backend          {keras.backend.backend()}")
     print(f"policy           {policy}")
-    return 0
+    print(f"plugin           {'cannot be installed: ' + refused if refused else 'installs'}")
+    for warning in caught:
+        if issubclass(warning.category, RuntimeWarning):
+            print(f"warning          {warning.message}")
+    print("fixes            (as install() leaves them on this backend)")
+    width = max(len(name) for name, _, _ in report)
+    for name, status, detail in report:
+        print(f"  {name:<{width}}  {status:<13}  {detail}")
+    return 1 if refused else 0
 
 
 class _Progress:
@@ -337,7 +359,13 @@ def _parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"%(prog)s {version('keras-policy-ext')}"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    _subcommand(commands, "info", _info, "print the backend, Keras version and policy")
+    _subcommand(
+        commands,
+        "info",
+        _info,
+        "print the backend, the Keras version against the verified range, the policy "
+        "and each fix of a Keras defect: applied, skipped or failed",
+    )
 
     check = _subcommand(
         commands,
@@ -462,6 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["info"])  # doctest: +ELLIPSIS
     keras-policy-ext ...
     policy           float32
+    plugin           installs
+    fixes            (as install() leaves them on this backend)
+      half_precision_initializers  applied        its probe finds the defect
+    ...
     0
     """
     args = _parser().parse_args(argv)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -48,7 +49,8 @@ class ZooEntry(NamedTuple):
     modules it needs besides the backend (Keras's preprocessing layers that
     run on TensorFlow). `output_dtype`: the floating dtype the layer's own
     code returns whatever the policy (a float32 head), else `None` (the
-    compute dtype).
+    compute dtype). `since`: the first Keras release that has the layer
+    (empty: every release kpe supports).
     """
 
     name: str
@@ -57,6 +59,7 @@ class ZooEntry(NamedTuple):
     backends: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     output_dtype: str | None = None
+    since: str = ""
 
     def unavailable(self, backend: str) -> str | None:
         """Why the entry cannot run on `backend` in this environment, else `None`.
@@ -72,7 +75,14 @@ class ZooEntry(NamedTuple):
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if missing:
             return f"{self.name} needs {', '.join(missing)}, which is not installed"
+        if self.since and _release(version("keras")) < _release(self.since):
+            return f"{self.name} came with Keras {self.since}; this is Keras {version('keras')}"
         return None
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """`"3.10.0"` -> `(3, 10, 0)` (read without importing Keras)."""
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
 
 
 def _normal(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
@@ -169,7 +179,7 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("BatchNormalization", lambda: L.BatchNormalization(), _normal(4, 8)),
         ZooEntry("GroupNormalization", lambda: L.GroupNormalization(groups=2), _normal(2, 8)),
         ZooEntry("UnitNormalization", lambda: L.UnitNormalization(), _normal(2, 8)),
-        ZooEntry("RMSNormalization", lambda: L.RMSNormalization(), _normal(2, 8)),
+        ZooEntry("RMSNormalization", lambda: L.RMSNormalization(), _normal(2, 8), since="3.9"),
         ZooEntry("Embedding", lambda: L.Embedding(20, 4), _ints(20, 2, 5)),
         ZooEntry(
             "CategoryEncoding",

@@ -21,7 +21,7 @@ LAYERS = {
     "backends": 0,
     "internals.versions": -1,  # the verified Keras range: below everything
     "internals": 0,
-    "internals.isolation": 0,
+    "internals.isolation": -1,  # seeds and names for one block: below everything
     "internals.fixes": 1,  # recognises kpe's policies by their module, unimported
     "grammar": 0,
     "loss_scale": 0,

@@ -43,7 +43,7 @@ from typing import Any
 import keras
 
 from keras_policy_ext import config, dtype_policies, internals, rules
-from keras_policy_ext.internals import fixes
+from keras_policy_ext.internals import fixes, versions
 from keras_policy_ext.loss_scale.optimizer import scaled_optimizer
 from keras_policy_ext.validation import PolicyRefusedError
 
@@ -57,12 +57,13 @@ def _get(identifier: Any = None) -> keras.DTypePolicy:
     kpe policy the backend cannot honour is refused: `PolicyRefusedError`
     (`keras_policy_ext.internals.fixes.refusal`).
     """
-    layer = internals.layer_being_built()
-    if layer is None:
+    building = internals.layer_being_built()
+    if building is None:
         return dtype_policies.get(identifier)
+    layer, name = building
     placing = config.scoped_rules() if identifier is None else rules.owner_of(identifier)
     if placing is not None:
-        path = "/".join(p for p in (internals.current_name_scope(), layer.name) if p)
+        path = "/".join(p for p in (internals.current_name_scope(), name) if p)
         fallback = identifier if identifier is not None else config.dtype_policy()
         policy = placing.place(layer, path, fallback)
     else:
@@ -94,19 +95,25 @@ def _compiler(original: Callable) -> Callable:
 
 _GLOBAL = internals.GLOBAL_POLICY_MODULE
 # (module or class, attribute, kpe replacement): what install() replaces.
+_NONE: tuple[str, ...] = ()  # a getter: called with no argument
 PATCHES = internals.Patches(
     [
-        (internals.TRAINER_CLASS, "compile", internals.Patches.wrap(_compiler)),
-        (_GLOBAL, "dtype_policy", config.dtype_policy),
-        (_GLOBAL, "set_dtype_policy", config.set_dtype_policy),
-        (internals.POLICIES_MODULE, "get", _get),
-        ("keras.config", "dtype_policy", config.dtype_policy),
-        ("keras.config", "set_dtype_policy", config.set_dtype_policy),
-        ("keras.mixed_precision", "dtype_policy", config.dtype_policy),
-        ("keras.mixed_precision", "global_policy", config.dtype_policy),
-        ("keras.mixed_precision", "set_dtype_policy", config.set_dtype_policy),
-        ("keras.mixed_precision", "set_global_policy", config.set_dtype_policy),
-        ("keras.dtype_policies", "get", dtype_policies.get),
+        (
+            internals.TRAINER_CLASS,
+            "compile",
+            internals.Patches.wrap(_compiler),
+            ("self", "optimizer", "auto_scale_loss="),
+        ),
+        (_GLOBAL, "dtype_policy", config.dtype_policy, _NONE),
+        (_GLOBAL, "set_dtype_policy", config.set_dtype_policy, ("policy",)),
+        (internals.POLICIES_MODULE, "get", _get, ("identifier",)),
+        ("keras.config", "dtype_policy", config.dtype_policy, _NONE),
+        ("keras.config", "set_dtype_policy", config.set_dtype_policy, ("policy",)),
+        ("keras.mixed_precision", "dtype_policy", config.dtype_policy, _NONE),
+        ("keras.mixed_precision", "global_policy", config.dtype_policy, _NONE),
+        ("keras.mixed_precision", "set_dtype_policy", config.set_dtype_policy, ("policy",)),
+        ("keras.mixed_precision", "set_global_policy", config.set_dtype_policy, ("policy",)),
+        ("keras.dtype_policies", "get", dtype_policies.get, ("identifier",)),
     ]
 )
 
@@ -116,7 +123,20 @@ _blocks = 0  # installed() blocks open, in every thread
 
 
 def _activate() -> None:
-    """Puts kpe's functions and its fixes of Keras's defects in place (under `_lock`)."""
+    """Puts kpe's functions and its fixes of Keras's defects in place, all or
+    nothing (under `_lock`).
+
+    Refuses a Keras older than the verified range and warns once about a newer
+    one (`internals.versions.check_version`); checks every attribute it will
+    patch, the plugin's and the fixes', for presence and signature before
+    patching any; a failure while patching reverts everything this call did.
+    """
+    if PATCHES.applied:
+        return
+    versions.check_version()
+    problems = PATCHES.problems() + fixes.problems()
+    if problems:
+        raise internals.refuse("install its plugin", problems)
     PATCHES.apply()
     try:
         fixes.apply_all()
@@ -132,10 +152,21 @@ def _deactivate() -> None:
 
 
 def install() -> None:
-    """Makes Keras resolve policies through kpe (idempotent).
+    """Makes Keras resolve policies through kpe (idempotent), all or nothing.
 
     Also applies kpe's fixes of Keras's defects that the installed Keras
     still has (`keras_policy_ext.internals.fixes`).
+
+    Raises:
+        RuntimeError: Keras is older than the verified range
+            (`keras_policy_ext.internals.versions.VERIFIED_RANGE`), or an
+            internal kpe patches is missing or has another signature; the
+            error names the Keras version and the range. Keras is then exactly
+            as before the call (every patch made is reverted) and
+            `is_installed()` is False.
+
+    A Keras newer than the range gets one `RuntimeWarning`. A fix whose probe
+    raises is applied, with a `RuntimeWarning` naming it.
 
     Afterwards `keras.config.set_dtype_policy`, `keras.config.dtype_policy`,
     `keras.mixed_precision.*` and every layer's `dtype=` name or `None` use

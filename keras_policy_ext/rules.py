@@ -162,16 +162,18 @@ class Pattern:
 
 
 # Keras's quantized policy classes, by name: the only classes a policy config
-# in rules may name (nothing is imported).
+# in rules may name (nothing is imported). Those this Keras has: Int4DTypePolicy
+# came with Keras 3.15, GPTQ and AWQ with later 3.x releases than 3.8.
 _QUANTIZED_CLASSES = {
-    cls.__name__: cls
-    for cls in (
-        keras.dtype_policies.QuantizedDTypePolicy,
-        keras.dtype_policies.QuantizedFloat8DTypePolicy,
-        keras.dtype_policies.Int4DTypePolicy,
-        keras.dtype_policies.GPTQDTypePolicy,
-        keras.dtype_policies.AWQDTypePolicy,
+    name: getattr(keras.dtype_policies, name)
+    for name in (
+        "QuantizedDTypePolicy",
+        "QuantizedFloat8DTypePolicy",
+        "Int4DTypePolicy",
+        "GPTQDTypePolicy",
+        "AWQDTypePolicy",
     )
+    if hasattr(keras.dtype_policies, name)
 }
 
 
@@ -662,7 +664,9 @@ class Rules:
 
         Args:
             layer: the layer being built.
-            path: the path it is built under.
+            path: the path it is built under; it ends with the layer's name
+                (Keras 3.10 and older resolve a layer's policy before they set
+                `layer.name`).
             fallback: the policy `layer` was built with (its parent's, for a
                 sublayer a composite layer builds), or the policy in force.
 
@@ -675,7 +679,8 @@ class Rules:
         >>> rules.place(layer, layer.name, kpe.DTypePolicy("mixed_float16"))
         <DTypePolicy "float32">
         """
-        index, policy, reason = self.explain(type(layer), layer.name, path)
+        name = path.rpartition("/")[2]
+        index, policy, reason = self.explain(type(layer), name, path)
         if index is None:
             parent = next((i for i, r in enumerate(self.rules) if r.policy is fallback), None)
             if parent is not None:
@@ -687,7 +692,7 @@ class Rules:
             elif policy is None:
                 policy, reason = fallback, "no rule matched: its parent's policy"
         _EXPLANATIONS[layer] = Explanation(
-            layer.name, type(layer).__name__, path, policy.name, index, reason
+            name, type(layer).__name__, path, policy.name, index, reason
         )
         return policy
 
@@ -858,14 +863,15 @@ _NORMALIZATION_REASON = (
 )
 FLOAT32_NUMERICS = Rules(
     [
-        Rule("float32", layer=cls, reason=_NORMALIZATION_REASON)
-        for cls in (
-            keras.layers.LayerNormalization,
-            keras.layers.BatchNormalization,
-            keras.layers.GroupNormalization,
-            keras.layers.RMSNormalization,
-            keras.layers.UnitNormalization,
+        Rule("float32", layer=getattr(keras.layers, name), reason=_NORMALIZATION_REASON)
+        for name in (
+            "LayerNormalization",
+            "BatchNormalization",
+            "GroupNormalization",
+            "RMSNormalization",  # Keras 3.9 and newer
+            "UnitNormalization",
         )
+        if hasattr(keras.layers, name)
     ]
     + [
         Rule(

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import keras
 
 from keras_policy_ext import dtype_policies
-from keras_policy_ext.backends import BACKENDS, jax_x64_on
+from keras_policy_ext.backends import BACKENDS
 from keras_policy_ext.internals import fixes
 
 _FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
@@ -53,12 +53,6 @@ class PolicyRefusedError(ValueError):
     """
 
 
-def _jax_x64_enabled(backend: str) -> bool:
-    if backend == keras.backend.backend():
-        return fixes.holds_float64()  # what a float64 tensor really holds here
-    return jax_x64_on()  # another backend's process: what JAX would read at import
-
-
 def validate(policy: Any, backend: str | None = None) -> Validation:
     """Says whether `backend` (default: the running one) can honour `policy`.
 
@@ -93,14 +87,11 @@ def validate(policy: Any, backend: str | None = None) -> Validation:
     policy = dtype_policies.get(policy)
     if policy.quantization_mode is not None:
         return Validation(True, "")
-    dtypes = {policy.compute_dtype, policy.variable_dtype}
-    if "float64" in dtypes and backend == "jax" and not _jax_x64_enabled(backend):
-        return Validation(
-            False,
-            f"{policy.name!r} on jax: x64 is disabled, so float64 variables and "
-            "tensors silently hold float32; set JAX_ENABLE_X64=1 before "
-            "importing jax.",
-        )
+    # What the backend can hold is decided in one place, which the plugin's
+    # refusals ask too.
+    unholdable = fixes.cannot_hold({policy.compute_dtype, policy.variable_dtype}, backend)
+    if unholdable is not None:
+        return Validation(False, f"{policy.name!r} on {backend}: {unholdable}")
     if policy.compute_dtype in _FLOAT8:
         return Validation(
             False,

@@ -19,7 +19,9 @@ PACKAGE = ROOT / "keras_policy_ext"
 LAYERS = {
     "__init__": 0,  # lazy: names load their modules on first use
     "backends": 0,
+    "internals.versions": -1,  # the verified Keras range: below everything
     "internals": 0,
+    "internals.isolation": -1,  # seeds and names for one block: below everything
     "internals.fixes": 1,  # recognises kpe's policies by their module, unimported
     "roles": 0,
     "loss_scale.values": 0,

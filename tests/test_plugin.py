@@ -19,7 +19,7 @@ PUBLIC = [
 
 
 def snapshot():
-    return {(path, a): plugin.PATCHES.current(path, a) for path, a, _ in plugin.PATCHES.targets}
+    return {(path, a): plugin.PATCHES.current(path, a) for path, a, *_ in plugin.PATCHES.targets}
 
 
 def test_install_and_uninstall_are_idempotent_and_restore_keras_exactly():

@@ -21,6 +21,7 @@ from typing import Any
 from keras_policy_ext.backends import BACKENDS
 from keras_policy_ext.cli.quiet import native_logs_filtered
 from keras_policy_ext.roles import ROLE_KEYS
+from keras_policy_ext.testing.zoo import DEFAULT_SEED
 
 # How often, at most, a run without a terminal reports its progress.
 HEARTBEAT_SECONDS = 5.0
@@ -30,16 +31,38 @@ DOCTEST_TIMEOUT = 600.0  # per file
 
 def _info(args: argparse.Namespace) -> int:
     with native_logs_filtered(not args.verbose):
+        import warnings
+
         import keras
 
         import keras_policy_ext as kpe
+        from keras_policy_ext.internals import fixes, versions
 
         policy = kpe.config.dtype_policy().name
+        refused = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                kpe.install()  # what install() applies is what the report says
+            except RuntimeError as error:
+                refused = str(error)
+            report = fixes.report()
+            kpe.uninstall()
+    standing = {"older": "older than", "verified": "in", "newer": "newer than"}[versions.standing()]
     print(f"keras-policy-ext {kpe.__version__}")
-    print(f"keras            {keras.__version__}")
+    print(f"keras            {keras.__version__}, {standing} the verified range")
+    print(f"verified range   {versions.VERIFIED_RANGE}")
     print(f"backend          {keras.backend.backend()}")
     print(f"policy           {policy}")
-    return 0
+    print(f"plugin           {'cannot be installed: ' + refused if refused else 'installs'}")
+    for warning in caught:
+        if issubclass(warning.category, RuntimeWarning):
+            print(f"warning          {warning.message}")
+    print("fixes            (as install() leaves them on this backend)")
+    width = max(len(name) for name, _, _ in report)
+    for name, status, detail in report:
+        print(f"  {name:<{width}}  {status:<13}  {detail}")
+    return 1 if refused else 0
 
 
 class _Progress:
@@ -51,6 +74,7 @@ class _Progress:
         self.last_report = time.monotonic()
         self.drawn = False
         self.running: dict[str, float | None] = {}  # each backend's seconds, None once done
+        self.printed: dict[str, str] = {}  # without a terminal: each backend's last line
 
     def __call__(self, backend: str, done: int, total: int) -> None:
         self.state[backend] = f"{done}/{total} layers"
@@ -71,8 +95,8 @@ class _Progress:
         """Each backend's state, as the run goes.
 
         On a terminal, the live line every second, so that a backend starting
-        or hung is seen to be so; else a line per backend every
-        `HEARTBEAT_SECONDS`.
+        or hung is seen to be so; else, at most every `HEARTBEAT_SECONDS`, a
+        line for each backend whose state changed since its last line.
         """
         every = 1.0 if self.live else HEARTBEAT_SECONDS
         if time.monotonic() - self.last_report < every:
@@ -84,8 +108,13 @@ class _Progress:
             return
         for backend, seconds in running.items():
             state = self.state.get(backend, "starting")
-            when = "done" if seconds is None else f"{seconds:.0f} s"
-            print(f"checking {backend}: {state} ({when})", file=sys.stderr, flush=True)
+            if seconds is None:
+                state += ", done"
+            if self.printed.get(backend) == state:
+                continue  # a log gets a line when something changed, not a heartbeat
+            self.printed[backend] = state
+            when = "" if seconds is None else f" ({seconds:.0f} s)"
+            print(f"checking {backend}: {state}{when}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.live and self.drawn:
@@ -126,6 +155,7 @@ def _check(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             verbose=args.verbose,
             cache_dir=args.cache_dir,
+            seed=args.seed,
         )
     except ValueError as e:  # bad names, a bad cache directory, and TargetError
         progress.close()
@@ -135,12 +165,8 @@ def _check(args: argparse.Namespace) -> int:
     text = FORMATS[args.format](
         result, every_row=args.all or args.format != "table", fail_on_keras=args.fail_on_keras
     )
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        print(summary(result, args.fail_on_keras))
-    else:
-        print(text)
+    if not _report("check", args.output, text, lambda: summary(result, args.fail_on_keras)):
+        return 2
     return result.status(args.fail_on_keras)
 
 
@@ -161,26 +187,64 @@ def _doctest(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"keras-policy-ext doctest: error: {e}", file=sys.stderr)
         return 2
+    problem = _unwritable(args.output) if args.output else ""
+    if problem:
+        print(f"keras-policy-ext doctest: error: {problem}", file=sys.stderr)
+        return 2
     results = run_files(files, backends, setup=setup, plugin=args.plugin, timeout=args.timeout)
     text = FORMATS[args.format](results)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        print(summary(results))
-    else:
-        print(text)
+    if not _report("doctest", args.output, text, lambda: summary(results)):
+        return 2
     return doctest_status(results)
 
 
+def _report(command: str, output: str | None, text: str, summary: Callable[[], str]) -> bool:
+    """Writes the report to `output` and prints the summary, or prints the report.
+
+    A report that cannot be written after all is printed instead, with the
+    error on stderr; returns `False` then.
+    """
+    if not output:
+        print(text)
+        return True
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    except OSError as e:
+        print(text)
+        print(
+            f"keras-policy-ext {command}: error: cannot write the report to {output!r}: "
+            f"{e.strerror or e}",
+            file=sys.stderr,
+        )
+        return False
+    print(summary())
+    return True
+
+
 def _unwritable(path: str) -> str:
-    """Why a report cannot be written to `path` (checked before the run), else `""`."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Why a report cannot be written to `path` (checked before the run), else `""`.
+
+    The file is opened for writing, as the report will be, and a file this
+    made is removed again: what the system refuses (a missing directory,
+    `/proc`, a read-only file system) is refused here, before the run.
+
+    >>> from keras_policy_ext.cli import _unwritable
+    >>> _unwritable("/proc/no-such-dir/report.json")
+    "cannot write the report to '/proc/no-such-dir/report.json': No such file or directory"
+    """
     if os.path.isdir(path):
         return f"cannot write the report to {path!r}: it is a directory"
-    if not os.path.isdir(folder):
-        return f"cannot write the report to {path!r}: no directory {folder!r}"
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        return f"cannot write the report to {path!r}: not writable"
+    if os.path.isfile(path) and os.statvfs(path).f_blocks == 0:
+        return f"cannot write the report to {path!r}: its file system (/proc, /sys) holds no data"
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        return f"cannot write the report to {path!r}: {e.strerror or e}"
+    if not existed:
+        os.remove(path)
     return ""
 
 
@@ -235,6 +299,16 @@ def _backends(value: str) -> list[str]:
     return names
 
 
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {value!r}")
+    return seed
+
+
 def _seconds(value: str) -> float:
     try:
         seconds = float(value)
@@ -285,7 +359,13 @@ def _parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"%(prog)s {version('keras-policy-ext')}"
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    _subcommand(commands, "info", _info, "print the backend, Keras version and policy")
+    _subcommand(
+        commands,
+        "info",
+        _info,
+        "print the backend, the Keras version against the verified range, the policy "
+        "and each fix of a Keras defect: applied, skipped or failed",
+    )
 
     check = _subcommand(
         commands,
@@ -293,11 +373,15 @@ def _parser() -> argparse.ArgumentParser:
         _check,
         "check layers x policies on every installed backend",
         "Builds each layer under each policy, one subprocess per backend, and "
-        "reports variables, outputs, symbolic dtypes, a training step and "
-        "numerics that deviate from the policy. TARGETs are 'module:callable': "
-        "the callable takes no arguments and returns (layer, inputs); it is "
-        "called inside each policy's scope, so build the layer with dtype=None. "
-        "Without TARGETs the built-in zoo of stock Keras layers is checked.",
+        "reports variables, outputs, symbolic dtypes, a training step (its update "
+        "against a float32 step) and numerics that deviate from the policy. Every "
+        "case is seeded from --seed and its layer, policy and policy source. "
+        "TARGETs are 'module:callable': the callable takes no arguments and returns "
+        "(layer, inputs), or (layer, inputs, options) with options a dict of "
+        "check_layer's keyword options for what the layer does on purpose: "
+        "output_dtype, variable_dtypes, tolerances, train, numerics. It is called "
+        "inside each policy's scope, so build the layer with dtype=None. Without "
+        "TARGETs the built-in zoo of stock Keras layers is checked.",
     )
     check.add_argument("targets", nargs="*", metavar="TARGET", help="module:callable")
     check.add_argument(
@@ -337,6 +421,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--all", action="store_true", help="table: every row, not only findings and refusals"
+    )
+    check.add_argument(
+        "--seed",
+        type=_seed,
+        default=DEFAULT_SEED,
+        help="the run's seed (default %(default)s): each case's weights, inputs and "
+        "training target are drawn from it and the case's layer, policy and policy "
+        "source, so a run gives the same findings every time; recorded in json and junit",
     )
     check.add_argument(
         "--cache-dir",
@@ -398,6 +490,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["info"])  # doctest: +ELLIPSIS
     keras-policy-ext ...
     policy           float32
+    plugin           installs
+    fixes            (as install() leaves them on this backend)
+      half_precision_initializers  applied        its probe finds the defect
+    ...
     0
     """
     args = _parser().parse_args(argv)

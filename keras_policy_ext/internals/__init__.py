@@ -15,30 +15,40 @@ re-implements that step after Keras's source. `INTERNALS` lists each internal,
 what kpe uses it for and the Keras versions it was verified against;
 `check()` probes them and raises a `RuntimeError` naming what is missing
 (`keras_policy_ext.install()` calls it, and the policy module checks the
-fields it needs at import).
+fields it needs at import). `Patches` replaces Keras attributes all or
+nothing, after checking each for presence and for the signature kpe's
+replacement relies on; `keras_policy_ext.internals.versions` holds the
+verified Keras range.
 
 >>> from keras_policy_ext import internals
 >>> internals.check()  # every internal is there on this Keras
->>> internals.INTERNALS[0].name, internals.INTERNALS[0].verified
-('keras.src.dtype_policies.dtype_policy.dtype_policy', ('3.15.1',))
+>>> internals.INTERNALS[0].name, internals.INTERNALS[0].verified[0]
+('keras.src.dtype_policies.dtype_policy.dtype_policy', '3.8.0')
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import sys
 import threading
+import warnings
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-VERIFIED_KERAS = ("3.15.1",)
+from keras_policy_ext.internals.versions import (
+    VERIFIED_KERAS,
+    VERIFIED_RANGE,
+    keras_version,
+    signature_mismatch,
+)
 
 # Where Keras keeps what the plugin replaces.
 GLOBAL_POLICY_MODULE = "keras.src.dtype_policies.dtype_policy"
@@ -94,6 +104,30 @@ def set_keras_global_policy(policy: keras.DTypePolicy | None) -> None:
     _global_state().set_global_attribute("dtype_policy", policy)
 
 
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Runs a probe without leaving a trace, the same way every time: seeded, with
+    Keras's automatic-name counters and the random streams restored after it (a
+    user's first `SGD()` after it is still `sgd`; a user's next random draw is the
+    one it would have been) and warnings silenced (`isolation.isolated`).
+
+    >>> import keras
+    >>> from keras_policy_ext import internals
+    >>> keras.utils.clear_session()
+    >>> first = keras.optimizers.SGD().name
+    >>> keras.utils.clear_session()
+    >>> with internals.quiet():
+    ...     _ = keras.optimizers.SGD(), keras.Variable(1.0)
+    >>> keras.optimizers.SGD().name == first
+    True
+    """
+    from keras_policy_ext.internals.isolation import isolated
+
+    with isolated(0), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def keras_session() -> weakref.ref:
     """A token of Keras's global state, which `keras.utils.clear_session()` replaces."""
     return weakref.ref(_global_state().GLOBAL_STATE_TRACKER)
@@ -106,15 +140,36 @@ def current_name_scope() -> str:
     return current_path()
 
 
-def layer_being_built(depth: int = 2) -> keras.layers.Layer | None:
-    """The layer whose `Layer.__init__` is the caller `depth` frames up, else `None`.
+def _resolves_policies(code: Any) -> bool:
+    return {"dtype_policies", "get"} <= set(code.co_names)
+
+
+# The constructors that turn a layer's `dtype=` into its policy: `Layer.__init__`
+# (Keras 3.11 and newer), else `Operation.__init__`, which `Layer.__init__` calls
+# (3.10 and older; it sets the name only after resolving the policy).
+_POLICY_RESOLVERS = tuple(
+    code for code in (_LAYER_INIT, keras.Operation.__init__.__code__) if _resolves_policies(code)
+)
+
+
+def layer_being_built(depth: int = 2) -> tuple[keras.layers.Layer, str] | None:
+    """`(layer, its name)` when the caller `depth` frames up is the Keras
+    constructor resolving a layer's policy, else `None`.
 
     With the default, the caller of the function that calls this: the
-    plugin's `dtype_policies.get` recognises `Layer.__init__` by its code
-    object and reads its `self`.
+    plugin's `dtype_policies.get` recognises `Layer.__init__` (or, on Keras
+    3.10 and older, `Operation.__init__`) by its code object and reads its
+    `self`, and the name from the layer or, before Keras has set it, from
+    the constructor's `name`.
     """
     frame = sys._getframe(depth)
-    return frame.f_locals.get("self") if frame.f_code is _LAYER_INIT else None
+    if frame.f_code not in _POLICY_RESOLVERS:
+        return None
+    layer = frame.f_locals.get("self")
+    if not isinstance(layer, keras.layers.Layer):
+        return None  # an op (Operation.__init__ also builds `keras.ops` operations)
+    name = vars(layer).get("name") or vars(layer).get("_name") or frame.f_locals.get("name")
+    return layer, name
 
 
 def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -197,13 +252,28 @@ def keras_loss_scale_apply_fails_eagerly() -> bool:
 
 
 def optimizer_trainable_variables(optimizer: keras.optimizers.Optimizer) -> list:
-    """The variables an optimizer was built for (`apply` with none given updates them)."""
-    return optimizer._trainable_variables
+    """The variables an optimizer was built for (`apply` with none given updates them).
+
+    A `LossScaleOptimizer` of Keras 3.11 and older builds only its inner
+    optimizer, which then holds them.
+    """
+    variables = optimizer._trainable_variables
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if not variables and inner is not None:
+        variables = inner._trainable_variables
+    return variables
 
 
 def overwrites_with_gradient(optimizer: keras.optimizers.Optimizer, variable: Any) -> bool:
-    """Whether `apply` assigns `variable` its gradient (Keras's `overwrite_with_gradient`)."""
-    return optimizer._overwrite_variable_with_gradient(variable)
+    """Whether `apply` assigns `variable` its gradient (Keras's `overwrite_with_gradient`).
+
+    Asked of the optimizer where it says (Keras 3.9 and newer), else read from the
+    variable as Keras 3.8's `apply` does.
+    """
+    ask = getattr(optimizer, "_overwrite_variable_with_gradient", None)
+    if ask is not None:
+        return ask(variable)
+    return bool(getattr(variable, "overwrite_with_gradient", False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,10 +325,10 @@ INTERNALS: tuple[Internal, ...] = (
         _has(TRAINER_CLASS, "compile"),
     ),
     Internal(
-        "keras.layers.Layer.__init__ calling dtype_policies.get (its code object, its "
-        "frame's `self`)",
+        "keras.layers.Layer.__init__ (or keras.Operation.__init__, Keras 3.10 and older) "
+        "calling dtype_policies.get (its code object, its frame's `self` and `name`)",
         "rules place the layer being built (`layer_being_built`)",
-        lambda: {"dtype_policies", "get"} <= set(_LAYER_INIT.co_names),
+        lambda: len(_POLICY_RESOLVERS) == 1,
     ),
     Internal(
         "keras.src.backend.common.name_scope.current_path",
@@ -300,7 +370,8 @@ INTERNALS: tuple[Internal, ...] = (
         _imports(lambda: _built_loss_scale_optimizer().dynamic_scale),
     ),
     Internal(
-        "keras.optimizers.Optimizer._trainable_variables, ._overwrite_variable_with_gradient",
+        "keras.optimizers.Optimizer._trainable_variables, ._overwrite_variable_with_gradient "
+        "(Keras 3.9 and newer; 3.8: Variable.overwrite_with_gradient)",
         "kpe's LossScaleOptimizer.apply without ops.cond on JAX (keras#19244) updates "
         "what Keras's apply updates",
         _imports(
@@ -331,7 +402,8 @@ def missing(names: Iterable[str] | None = None) -> list[str]:
         if wanted is not None and internal.name not in wanted:
             continue
         if internal.name not in _present:
-            _present[internal.name] = bool(internal.present())
+            with quiet():  # the probes build optimizers and variables
+                _present[internal.name] = bool(internal.present())
         if not _present[internal.name]:
             gone.append(internal.name)
     return gone
@@ -342,25 +414,57 @@ def check(names: Iterable[str] | None = None) -> None:
     gone = missing(names)
     if gone:
         raise RuntimeError(
-            f"keras_policy_ext cannot run on Keras {keras.__version__}: it lacks "
+            f"keras_policy_ext cannot run on Keras {keras_version()}: it lacks "
             f"{'; '.join(gone)}. keras_policy_ext's use of Keras internals was verified "
-            f"on Keras {', '.join(VERIFIED_KERAS)} (its requirements: keras>=3.15,<4)."
+            f"on {VERIFIED_RANGE}."
         )
+
+
+def target_problem(path: str, attr: str, expects: Any = None) -> str | None:
+    """What keeps kpe from patching `path.attr` on this Keras (`None`: nothing).
+
+    The attribute must be there, and match `expects` (`versions.signature_mismatch`).
+
+    >>> from keras_policy_ext import internals
+    >>> internals.target_problem("keras.src.trainers.trainer.Trainer", "compile")
+    >>> internals.target_problem("keras.src.trainers.trainer.Trainer", "nope")
+    'keras.src.trainers.trainer.Trainer.nope is missing'
+    """
+    owner = resolve(path)
+    if owner is None or not hasattr(owner, attr):
+        return f"{path}.{attr} is missing"
+    value = vars(owner).get(attr) if isinstance(owner, type) else None
+    if not isinstance(value, property):
+        value = getattr(owner, attr)
+    mismatch = signature_mismatch(value, expects)
+    return None if mismatch is None else f"{path}.{attr} has {mismatch}"
+
+
+def refuse(what: str, problems: Iterable[str]) -> RuntimeError:
+    """The error for Keras internals kpe cannot patch: names each, the Keras
+    version and the verified range."""
+    return RuntimeError(
+        f"keras_policy_ext cannot {what} on Keras {keras_version()}: "
+        f"{'; '.join(problems)}. keras_policy_ext's use of Keras internals was verified "
+        f"on {VERIFIED_RANGE}."
+    )
 
 
 class Patches:
     """Replacements of Keras attributes, applied all or nothing, reverted where ours stand.
 
-    `targets` are `(dotted path of a module or class, attribute, replacement)`;
-    a replacement that is a `Patches.wrap(make)` is made at each `apply()` as
-    `make(original)`, holding the function it wraps.
+    `targets` are `(dotted path of a module or class, attribute, replacement)`
+    or `(..., replacement, expects)`, `expects` being the signature kpe relies
+    on (`versions.signature_mismatch`); a replacement that is a
+    `Patches.wrap(make)` is made at each `apply()` as `make(original)`,
+    holding the function it wraps.
     """
 
     class wrap:  # noqa: N801 (a marker, used as `Patches.wrap(make)`)
         def __init__(self, make: Callable[[Callable], Callable]) -> None:
             self.make = make
 
-    def __init__(self, targets: Iterable[tuple[str, str, Any]]) -> None:
+    def __init__(self, targets: Iterable[tuple]) -> None:
         self.targets = tuple(targets)
         self._applied: dict[tuple[str, str], tuple[object, Callable, Callable]] = {}
         self._lock = threading.Lock()
@@ -373,26 +477,36 @@ class Patches:
         """What the attribute holds now (kpe's replacement, Keras's, or another's)."""
         return getattr(resolve(path), attr, None)
 
+    def _full_targets(self) -> list[tuple[str, str, Any, Any]]:
+        return [(*target, None)[:4] for target in self.targets]  # expects: None if not given
+
+    def problems(self) -> list[str]:
+        """Each target this Keras lacks or has with another signature."""
+        found = [target_problem(p, attr, expects) for p, attr, _, expects in self._full_targets()]
+        return [problem for problem in found if problem]
+
     def apply(self) -> None:
-        """Puts every replacement in place, or none (`RuntimeError` naming what is missing)."""
+        """Puts every replacement in place, or none.
+
+        Raises:
+            RuntimeError: naming each internal missing or changed, the Keras
+                version and the verified range; nothing is patched then.
+        """
         with self._lock:
             if self._applied:
                 return
             check()
-            gone = [f"{p}.{a}" for p, a, _ in self.targets if not callable(self.current(p, a))]
-            if gone:
-                raise RuntimeError(
-                    f"keras_policy_ext cannot patch Keras {keras.__version__}: missing "
-                    f"{', '.join(gone)} (verified on Keras {', '.join(VERIFIED_KERAS)})."
-                )
+            problems = self.problems()
+            if problems:
+                raise refuse("patch Keras", problems)
             try:
-                for path, attr, replacement in self.targets:
+                for path, attr, replacement, _ in self._full_targets():
                     target = resolve(path)
                     original = getattr(target, attr)
                     if isinstance(replacement, Patches.wrap):
                         replacement = replacement.make(original)
-                    setattr(target, attr, replacement)
                     self._applied[(path, attr)] = (target, original, replacement)
+                    setattr(target, attr, replacement)
             except BaseException:
                 self._revert()
                 raise
@@ -403,7 +517,7 @@ class Patches:
             self._revert()
 
     def _revert(self) -> None:
-        for (_, attr), (target, original, replacement) in self._applied.items():
+        for (_, attr), (target, original, replacement) in reversed(self._applied.items()):
             if getattr(target, attr, None) is replacement:
                 setattr(target, attr, original)
         self._applied.clear()

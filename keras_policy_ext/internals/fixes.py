@@ -11,7 +11,12 @@ reproducing the defects and Keras's policies stay the comparison.
 
 `apply_all()` applies every fix for the running backend whose probe still
 reproduces its defect (so a fix switches itself off once Keras is fixed),
-`revert_all()` reverts them, `applied()` names those in place. `refusal(layer,
+all or none: a fix that fails half-way leaves Keras as before the call.
+`revert_all()` reverts them, `applied()` names those in place, `report()`
+says for each fix whether it is applied, skipped (its probe found Keras
+right) or failed (its probe raised: a `RuntimeWarning`, and the fix is
+applied, since the defect cannot be ruled out and every fix's patch is
+harmless where Keras is right). `refusal(layer,
 policy)` says why a layer must be refused under a kpe policy the backend
 cannot honour. This module is the only one that reaches into `keras.src`
 for these fixes; see docs/keras_fixes.md for each defect's cause.
@@ -30,8 +35,6 @@ for these fixes; see docs/keras_fixes.md for each defect's cause.
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import inspect
 import sys
 import threading
@@ -45,7 +48,8 @@ from keras import ops
 from keras.src.backend.common import global_state
 from keras.src.backend.common.variables import get_autocast_scope
 
-from keras_policy_ext.internals import resolve
+from keras_policy_ext.backends import jax_x64_on
+from keras_policy_ext.internals import quiet, refuse, resolve, target_problem
 
 # The module of kpe's policy class. This module sits below it (the policy
 # module imports `keras_policy_ext.internals`), so it recognises kpe's
@@ -94,9 +98,13 @@ def kpe_policy(layer: Any) -> keras.DTypePolicy | None:
 
 def _current_layer() -> Any:
     """The layer whose `__call__` (or `build`) is running: the innermost caller
-    of Keras's name scopes, which `Layer.__call__` opens around `call`."""
-    stack = global_state.get_global_attribute("name_scope_stack")
-    return stack[-1].caller if stack else None
+    of Keras's name scopes, which `Layer.__call__` opens around `call` (a
+    `keras.name_scope` the layer's own `call` opens has no caller: the layer's
+    scope is further out)."""
+    for scope in reversed(global_state.get_global_attribute("name_scope_stack") or ()):
+        if scope.caller is not None:
+            return scope.caller
+    return None
 
 
 def _dtype(x: Any) -> str:
@@ -118,18 +126,37 @@ def holds_float64() -> bool:
         return _dtype(ops.zeros((), dtype="float64")) == "float64"
 
 
-@contextlib.contextmanager
-def _quiet_probe() -> Iterator[None]:
-    """Runs a probe without leaving traces: Keras's name counters are restored
-    and warnings silenced (the probes build layers and call them)."""
-    uids = global_state.get_global_attribute("object_name_uids")
-    saved = copy.copy(uids) if uids is not None else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        global_state.set_global_attribute("object_name_uids", saved)
+def cannot_hold(dtypes: Any, backend: str | None = None) -> str | None:
+    """Why `backend` (default: the running one) cannot hold one of `dtypes`, else `None`.
+
+    The one place kpe decides what a backend can hold: `kpe.validate` and
+    `refusal` (the plugin's refusals) both ask it. JAX without x64 holds
+    float32 for float64 (and complex64 for complex128): on the running
+    backend, asked of JAX itself (`holds_float64`); for JAX asked from
+    another backend's process, read from `JAX_ENABLE_X64` as JAX reads it.
+
+    >>> from keras_policy_ext.internals.fixes import cannot_hold
+    >>> cannot_hold({"float32", "bfloat16"}, "jax") is None
+    True
+    >>> cannot_hold({"float64"}, "torch") is None
+    True
+    >>> print(cannot_hold({"float64"}, "jax"))  # JAX_ENABLE_X64 unset
+    x64 is disabled, so float64 variables and tensors silently hold float32; ...
+    """
+    backend = keras.backend.backend() if backend is None else backend
+    if backend != "jax" or not set(dtypes) & {"float64", "complex128"}:
+        return None
+    if backend == keras.backend.backend():
+        if holds_float64():
+            return None
+    elif jax_x64_on():
+        return None
+    return (
+        "x64 is disabled, so float64 variables and tensors silently hold float32; the "
+        "variable and the KerasTensor declare float64, the values are float32. Fix: set "
+        "JAX_ENABLE_X64=1 in the environment before JAX is imported (or "
+        "jax.config.update('jax_enable_x64', True) at start-up), or use a float32 policy."
+    )
 
 
 # --------------------------------------------------------------------------
@@ -139,21 +166,29 @@ def _quiet_probe() -> Iterator[None]:
 class Target(NamedTuple):
     """One Keras attribute a fix replaces: `make(original)` builds the replacement.
 
+    `expects` is what the replacement relies on in the original: the leading
+    parameter names of its signature, or its type (`property`, `dict`);
+    checked before anything is patched (`keras_policy_ext.internals.versions`).
+
     >>> from keras_policy_ext.internals import fixes as keras_fixes
     >>> target = keras_fixes.get("category_encoding_dtype").targets[0]
     >>> target.owner, target.attr
     ('keras.src.layers.preprocessing.category_encoding.CategoryEncoding', '_encode')
+    >>> target.expects
+    ('self', 'inputs', 'count_weights')
     """
 
     owner: str  # dotted path of a module or class
     attr: str
     make: Callable[[Any], Any]
+    expects: Any = None
 
 
 _lock = threading.RLock()
 # fix name -> [(owner object, attr, had its own attribute, original, replacement)]
 _active: dict[str, list[tuple[Any, str, bool, Any, Any]]] = {}
 _probed: dict[str, bool] = {}
+_probe_errors: dict[str, str] = {}  # fix name -> the error its probe raised
 
 
 class Fix:
@@ -213,11 +248,13 @@ class Fix:
         """`True` while Keras (with its own policies) still has the defect here.
 
         Always `False` on a backend the fix does not concern. Computed once per
-        process (the Keras version cannot change within one); a probe that
-        cannot run its reproduction counts as `False`.
+        process (the Keras version cannot change within one). A probe that
+        raises cannot rule the defect out: it warns once (`RuntimeWarning`
+        naming the fix and the error) and counts as `True`, so the fix is
+        applied (`report()` says "failed").
 
         >>> from keras_policy_ext.internals import fixes as keras_fixes
-        >>> keras_fixes.get("half_precision_initializers").probe()  # Keras 3.15.1
+        >>> keras_fixes.get("half_precision_initializers").probe()  # Keras 3.8 to 3.15
         True
         """
         if not self.concerns():
@@ -225,11 +262,49 @@ class Fix:
         with _lock:
             if self.name not in _probed:
                 try:
-                    with _quiet_probe():
+                    with quiet():
                         _probed[self.name] = bool(self._probe())
-                except Exception:
-                    _probed[self.name] = False
+                except Exception as error:
+                    _probed[self.name] = True
+                    _probe_errors[self.name] = f"{type(error).__name__}: {error}"
+                    warnings.warn(
+                        f"keras_policy_ext: the probe of fix {self.name!r} raised "
+                        f"{_probe_errors[self.name]} on Keras {keras.__version__} "
+                        f"({keras.backend.backend()}); the fix is applied, since the "
+                        "defect cannot be ruled out. Please report it.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
             return _probed[self.name]
+
+    def status(self) -> tuple[str, str]:
+        """`(status, detail)`: `"applied"`, `"skipped"` (the probe found Keras
+        right), `"failed"` (the probe raised; applied when installed),
+        `"not concerned"` (another backend's defect) or `"pending"` (applied,
+        its probe runs on the patched function's first call).
+
+        >>> from keras_policy_ext.internals import fixes as keras_fixes
+        >>> keras_fixes.get("category_encoding_dtype").status()
+        ('skipped', 'not applied now; its probe finds the defect')
+        """
+        if not self.concerns():
+            return "not concerned", f"concerns {', '.join(self.backends)}"
+        if self.probe_on_call and self.name not in _probed:
+            state = "applied" if self.applied else "not applied now"
+            return "pending", f"{state}; probed on its first call"
+        needed = self.probe()
+        if self.name in _probe_errors:
+            return "failed", f"probe raised {_probe_errors[self.name]}"
+        if not needed:
+            return "skipped", "Keras is right here (its probe finds no defect)"
+        if self.applied:
+            return "applied", "its probe finds the defect"
+        return "skipped", "not applied now; its probe finds the defect"
+
+    def problems(self) -> list[str]:
+        """Each target this Keras lacks or has with another signature."""
+        found = [target_problem(t.owner, t.attr, t.expects) for t in self.targets]
+        return [problem for problem in found if problem]
 
     @property
     def applied(self) -> bool:
@@ -250,8 +325,10 @@ class Fix:
 
         `force=True` patches even where the probe says Keras is fine (the
         patch must then be harmless). Idempotent; returns whether the fix is
-        applied afterwards. Raises `RuntimeError` naming what is missing when
-        this Keras lacks a target.
+        applied afterwards. Raises `RuntimeError` naming each target this
+        Keras lacks or has with another signature than `Target.expects`,
+        before patching any; a replacement that fails half-way is reverted
+        with the targets patched before it, and its error raised.
 
         >>> import keras
         >>> from keras_policy_ext.internals import fixes as keras_fixes
@@ -265,22 +342,21 @@ class Fix:
         with _lock:
             if self.name in _active:
                 return True
-            resolved = []
-            for target in self.targets:
-                owner = resolve(target.owner)
-                if owner is None or not hasattr(owner, target.attr):
-                    raise RuntimeError(
-                        f"keras_policy_ext cannot apply fix {self.name!r} on Keras "
-                        f"{keras.__version__}: missing {target.owner}.{target.attr}."
-                    )
-                resolved.append((owner, target))
-            records = []
-            for owner, target in resolved:
-                had_own = target.attr in vars(owner)
-                original = inspect.getattr_static(owner, target.attr)
-                replacement = target.make(original)
-                setattr(owner, target.attr, replacement)
-                records.append((owner, target.attr, had_own, original, replacement))
+            problems = self.problems()
+            if problems:
+                raise refuse(f"apply fix {self.name!r}", problems)
+            records: list[tuple[Any, str, bool, Any, Any]] = []
+            try:
+                for target in self.targets:
+                    owner = resolve(target.owner)
+                    had_own = target.attr in vars(owner)
+                    original = inspect.getattr_static(owner, target.attr)
+                    replacement = target.make(original)
+                    records.append((owner, target.attr, had_own, original, replacement))
+                    setattr(owner, target.attr, replacement)
+            except BaseException:
+                _restore(records)  # the targets patched before the failure
+                raise
             _active[self.name] = records
             return True
 
@@ -298,13 +374,18 @@ class Fix:
         True
         """
         with _lock:
-            for owner, attr, had_own, original, replacement in reversed(_active.pop(self.name, [])):
-                if vars(owner).get(attr) is not replacement:
-                    continue  # someone patched over us: theirs stays
-                if had_own:
-                    setattr(owner, attr, original)
-                else:
-                    delattr(owner, attr)
+            _restore(_active.pop(self.name, []))
+
+
+def _restore(records: list[tuple[Any, str, bool, Any, Any]]) -> None:
+    """Puts back each recorded original where kpe's replacement still stands."""
+    for owner, attr, had_own, original, replacement in reversed(records):
+        if vars(owner).get(attr) is not replacement:
+            continue  # someone patched over us: theirs stays
+        if had_own:
+            setattr(owner, attr, original)
+        else:
+            delattr(owner, attr)
 
 
 # --------------------------------------------------------------------------
@@ -383,7 +464,7 @@ def initializer_gaps(dtypes: tuple[str, ...] = HALF_DTYPES) -> list[tuple[str, s
     True
     """
     gaps = []
-    with _quiet_probe():
+    with quiet():
         for name, make, shape in _initializer_cases():
             try:
                 make()(shape, dtype="float32")
@@ -696,6 +777,66 @@ def _probe_hashed_crossing() -> bool:
 
 
 # --------------------------------------------------------------------------
+# 9. bfloat16 3-D convolutions on the CPU: a wrong kernel gradient (oneDNN).
+
+
+def _on_cpu(x: Any) -> bool:
+    """Whether tensor `x` lives on the CPU (a torch device, or TensorFlow's device string)."""
+    device = getattr(x, "device", None)
+    kind = getattr(device, "type", None)
+    if kind is not None:
+        return kind == "cpu"
+    if device:
+        return "CPU" in str(device).upper()
+    return not any(d.lower().startswith("gpu") for d in keras.distribution.list_devices())
+
+
+def _channels_last(args: tuple, kwargs: dict) -> bool:
+    from keras.src.backend import standardize_data_format
+
+    data_format = kwargs.get("data_format", args[2] if len(args) > 2 else None)
+    return standardize_data_format(data_format) == "channels_last"
+
+
+def _make_conv(original: Callable) -> Callable:
+    def conv(inputs: Any, kernel: Any, *args: Any, **kwargs: Any) -> Any:
+        if (
+            len(getattr(inputs, "shape", ())) == 5
+            and _dtype(inputs) == "bfloat16"
+            and _channels_last(args, kwargs)
+            and kpe_policy(_current_layer()) is not None
+            and _on_cpu(inputs)
+        ):
+            inputs, kernel = ops.cast(inputs, "float32"), ops.cast(kernel, "float32")
+            return ops.cast(original(inputs, kernel, *args, **kwargs), "bfloat16")
+        return original(inputs, kernel, *args, **kwargs)
+
+    return conv
+
+
+def _probe_conv3d_bf16_gradient() -> bool:
+    rng = np.random.default_rng(0)
+    x, target = (rng.normal(size=(2, 2, 2, 2, 2)).astype("float32") for _ in range(2))
+    kernel = (0.2 * rng.normal(size=(3, 3, 3, 2, 2))).astype("float32")
+
+    def update(policy: str) -> np.ndarray:
+        layer = keras.layers.Conv3D(
+            2, 3, padding="same", use_bias=False, dtype=keras.DTypePolicy(policy),
+            name="kpe_probe",
+        )  # fmt: skip
+        inputs = keras.Input(batch_shape=x.shape)
+        model = keras.Model(inputs, layer(inputs))
+        layer.set_weights([kernel])
+        model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse", run_eagerly=True)
+        model.train_on_batch(x, target)
+        return ops.convert_to_numpy(layer.kernel).astype("float32") - kernel
+
+    expected, seen = update("float32"), update("mixed_bfloat16")
+    error = np.max(np.abs(seen - expected)) / np.max(np.abs(expected))
+    return not error <= 0.08  # bfloat16's tolerance in kpe's check; NaN is a defect
+
+
+# --------------------------------------------------------------------------
 # The table.
 
 _LAYER = "keras.src.layers.layer.Layer"
@@ -724,7 +865,11 @@ FIXES: tuple[Fix, ...] = (
         ),
         backends=("jax", "torch", "tensorflow"),
         probe=_probe_half_initializers,
-        targets=(Target(_LAYER, "add_weight", _make_add_weight),),
+        targets=(
+            Target(
+                _LAYER, "add_weight", _make_add_weight, ("self", "shape=", "initializer=", "dtype=")
+            ),
+        ),
     ),
     Fix(
         "category_encoding_dtype",
@@ -749,6 +894,7 @@ FIXES: tuple[Fix, ...] = (
                 f"{_PREPROCESSING}.category_encoding.CategoryEncoding",
                 "_encode",
                 _make_category_encode,
+                ("self", "inputs", "count_weights"),
             ),
         ),
     ),
@@ -770,7 +916,9 @@ FIXES: tuple[Fix, ...] = (
         ),
         backends=("torch",),
         probe=_probe_torch_symbolic_autocast,
-        targets=(Target("keras.src.backend.torch.core.Variable", "value", _make_torch_value),),
+        targets=(
+            Target("keras.src.backend.torch.core.Variable", "value", _make_torch_value, property),
+        ),
     ),
     Fix(
         "float64_promotion",
@@ -789,7 +937,9 @@ FIXES: tuple[Fix, ...] = (
         ),
         backends=("torch", "jax"),
         probe=_probe_float64_promotion,
-        targets=(Target("keras.src.backend.common.dtypes", "BIT64_TO_BIT32_DTYPE", _Bit64Map),),
+        targets=(
+            Target("keras.src.backend.common.dtypes", "BIT64_TO_BIT32_DTYPE", _Bit64Map, dict),
+        ),
     ),
     Fix(
         "jax_int64_specs",
@@ -811,7 +961,7 @@ FIXES: tuple[Fix, ...] = (
         backends=("jax",),
         probe=_probe_jax_int64_specs,
         targets=tuple(
-            Target(owner, "compute_output_spec", _make_x32_output_spec)
+            Target(owner, "compute_output_spec", _make_x32_output_spec, ("self",))
             for owner in (
                 f"{_PREPROCESSING}.hashing.Hashing",
                 f"{_PREPROCESSING}.hashed_crossing.HashedCrossing",
@@ -845,6 +995,7 @@ FIXES: tuple[Fix, ...] = (
                 "keras.src.utils.torch_utils.TorchModuleWrapper",
                 "_track_module_parameters",
                 _make_track_module_parameters,
+                ("self",),
             ),
         ),
     ),
@@ -865,7 +1016,14 @@ FIXES: tuple[Fix, ...] = (
         ),
         backends=("jax", "torch", "tensorflow"),
         probe=_probe_lookup_encoded_dtype,
-        targets=(Target(f"{_PREPROCESSING}.index_lookup.IndexLookup", "call", _make_lookup_call),),
+        targets=(
+            Target(
+                f"{_PREPROCESSING}.index_lookup.IndexLookup",
+                "call",
+                _make_lookup_call,
+                ("self", "inputs"),
+            ),
+        ),
     ),
     Fix(
         "hashed_crossing_dtype",
@@ -890,6 +1048,38 @@ FIXES: tuple[Fix, ...] = (
                 f"{_PREPROCESSING}.hashed_crossing.HashedCrossing",
                 "call",
                 _make_hashed_crossing_call,
+                ("self", "inputs"),
+            ),
+        ),
+    ),
+    Fix(
+        "conv3d_bf16_weight_gradient",
+        issue=(
+            "no upstream issue found (oneDNN's jit_bf16:avx512_core_bf16 backward-weights "
+            "primitive for 3-D convolution)"
+        ),
+        defect=(
+            "On a CPU with AVX-512 bf16, a bfloat16 3-D convolution (Conv3D, ConvLSTM3D) "
+            "in channels-last layout whose input is shallower than the kernel, with "
+            "padding, gets a wrong kernel gradient on practically every call and NaN/Inf "
+            "on some: torch (oneDNN 3.12) and TensorFlow (oneDNN on, its default) select "
+            "the defective kernel; JAX is right. Forward outputs and input gradients are "
+            "right, so training silently goes wrong."
+        ),
+        cause=(
+            "oneDNN's bfloat16 backward-weights kernel for 3-D convolution, channels-last "
+            "(torch: Keras forces that layout, keras/src/backend/torch/nn.py conv -> "
+            "_maybe_convert_to_channels_last; TensorFlow: NDHWC is its CPU layout). kpe "
+            "runs such a convolution in float32 and casts its result to bfloat16."
+        ),
+        backends=("torch", "tensorflow"),
+        probe=_probe_conv3d_bf16_gradient,
+        targets=(
+            Target(
+                "keras.src.backend.nn",
+                "conv",
+                _make_conv,
+                ("inputs", "kernel", "strides", "padding", "data_format"),
             ),
         ),
     ),
@@ -921,16 +1111,43 @@ def apply_all(force: bool = False) -> tuple[str, ...]:
     """Applies every fix for the running backend whose probe reproduces its defect.
 
     With `force=True`, applies every fix for the running backend. Returns the
-    names of the fixes applied afterwards (as `applied()`). Idempotent.
+    names of the fixes applied afterwards (as `applied()`). Idempotent. All
+    or nothing: when a fix cannot be applied (a target missing, a signature
+    changed, a replacement failing half-way), every fix this call applied is
+    reverted and the error raised.
 
     >>> from keras_policy_ext.internals import fixes as keras_fixes
     >>> "category_encoding_dtype" in keras_fixes.apply_all()
     True
     >>> keras_fixes.revert_all()
     """
-    for fix in FIXES:
-        fix.apply(force=force)
+    with _lock:
+        before = set(applied())
+        try:
+            for fix in FIXES:
+                fix.apply(force=force)
+        except BaseException:
+            for fix in reversed(FIXES):
+                if fix.name not in before:
+                    fix.revert()
+            raise
     return applied()
+
+
+def problems() -> list[str]:
+    """Each target of a fix for the running backend that this Keras lacks or has
+    with another signature (`install()` refuses to patch anything then)."""
+    return [problem for fix in FIXES if fix.concerns() for problem in fix.problems()]
+
+
+def report() -> list[tuple[str, str, str]]:
+    """`(fix name, status, detail)` for every fix, in table order (`Fix.status`).
+
+    >>> from keras_policy_ext.internals import fixes as keras_fixes
+    >>> [status for _, status, _ in keras_fixes.report()][:2]
+    ['skipped', 'skipped']
+    """
+    return [(fix.name, *fix.status()) for fix in FIXES]
 
 
 def revert_all() -> None:
@@ -987,15 +1204,9 @@ def refusal(layer: Any, policy: Any = None) -> str | None:
     backend = keras.backend.backend()
     what = f"{type(layer).__name__} {getattr(layer, 'name', '?')!r} under policy {policy.name!r}"
     head = f"keras_policy_ext refuses {what} on the {backend} backend: "
-    dtypes = {policy.compute_dtype, policy.variable_dtype}
-    if backend == "jax" and dtypes & {"float64", "complex128"} and not holds_float64():
-        return head + (
-            "JAX runs with x64 disabled, so float64 variables and tensors silently hold "
-            "float32 (the variable and the KerasTensor declare float64, the values are "
-            "float32). Fix: set JAX_ENABLE_X64=1 in the environment before JAX is "
-            "imported (or jax.config.update('jax_enable_x64', True) at start-up), or "
-            "use a float32 policy."
-        )
+    unholdable = cannot_hold({policy.compute_dtype, policy.variable_dtype}, backend)
+    if unholdable is not None:
+        return head + unholdable
     if (
         backend == "torch"
         and isinstance(layer, keras.layers.TorchModuleWrapper)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
 DEFAULT_POLICIES = (
     "float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16",
 )  # fmt: skip
+# The run's seed when none is given (`check_layer`, `keras-policy-ext check --seed`).
+DEFAULT_SEED = 0
 
 
 class _Layers:
@@ -52,6 +55,8 @@ class ZooEntry(NamedTuple):
         output_dtype: the floating dtype the layer's own code returns
             whatever the policy (a float32 head), else `None` (the compute
             dtype).
+        since: the first Keras release that has the layer (empty: every
+            release kpe supports).
 
     >>> from keras_policy_ext.testing.zoo import ZOO
     >>> ZOO["Dense"].name, ZOO["Dense"].backends
@@ -64,6 +69,7 @@ class ZooEntry(NamedTuple):
     backends: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     output_dtype: str | None = None
+    since: str = ""
 
     def unavailable(self, backend: str) -> str | None:
         """Why the entry cannot run on `backend` in this environment, else `None`.
@@ -79,7 +85,14 @@ class ZooEntry(NamedTuple):
         missing = [m for m in self.requires if importlib.util.find_spec(m) is None]
         if missing:
             return f"{self.name} needs {', '.join(missing)}, which is not installed"
+        if self.since and _release(version("keras")) < _release(self.since):
+            return f"{self.name} came with Keras {self.since}; this is Keras {version('keras')}"
         return None
+
+
+def _release(text: str) -> tuple[int, ...]:
+    """`"3.10.0"` -> `(3, 10, 0)` (read without importing Keras)."""
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
 
 
 def _normal(*shape: int) -> Callable[[np.random.Generator], np.ndarray]:
@@ -139,7 +152,9 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("EinsumDense", lambda: L.EinsumDense("ab,bc->ac", 8), _normal(2, 16)),
         ZooEntry("Conv1D", lambda: L.Conv1D(4, 3), _normal(2, 8, 3)),
         ZooEntry("Conv2D", lambda: L.Conv2D(4, 3), _normal(2, 6, 6, 3)),
-        ZooEntry("Conv3D", lambda: L.Conv3D(2, 3), _normal(2, 4, 4, 4, 2)),
+        # Shallower than its kernel, padded: what a video or volume model meets,
+        # and what oneDNN's bfloat16 kernel-gradient defect needs (docs/keras_fixes.md).
+        ZooEntry("Conv3D", lambda: L.Conv3D(4, 3, padding="same"), _normal(2, 2, 4, 4, 2)),
         ZooEntry("Conv2DTranspose", lambda: L.Conv2DTranspose(4, 3), _normal(2, 5, 5, 3)),
         ZooEntry("DepthwiseConv2D", lambda: L.DepthwiseConv2D(3), _normal(2, 6, 6, 3)),
         ZooEntry("SeparableConv2D", lambda: L.SeparableConv2D(4, 3), _normal(2, 6, 6, 3)),
@@ -174,7 +189,7 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("BatchNormalization", lambda: L.BatchNormalization(), _normal(4, 8)),
         ZooEntry("GroupNormalization", lambda: L.GroupNormalization(groups=2), _normal(2, 8)),
         ZooEntry("UnitNormalization", lambda: L.UnitNormalization(), _normal(2, 8)),
-        ZooEntry("RMSNormalization", lambda: L.RMSNormalization(), _normal(2, 8)),
+        ZooEntry("RMSNormalization", lambda: L.RMSNormalization(), _normal(2, 8), since="3.9"),
         ZooEntry("Embedding", lambda: L.Embedding(20, 4), _ints(20, 2, 5)),
         ZooEntry(
             "CategoryEncoding",

@@ -20,7 +20,7 @@ from typing import Any
 
 from keras_policy_ext.backends import BACKENDS
 from keras_policy_ext.cli.quiet import native_logs_filtered
-from keras_policy_ext.grammar import ROLE_KEYS
+from keras_policy_ext.roles import ROLE_KEYS
 from keras_policy_ext.testing.zoo import DEFAULT_SEED
 
 # How often, at most, a run without a terminal reports its progress.

@@ -456,8 +456,8 @@ def run_matrix(
     `cache_dir` (made if missing) keeps the programs JAX's processes compile
     between runs (JAX's persistent compilation cache, `JAX_COMPILATION_CACHE_DIR`,
     which it sets for them over any the environment sets): a later run with the
-    same versions compiles only what is new, which takes about a third off a
-    default run here (README: "Check speed"). Without it, each JAX process and
+    same versions compiles only what is new (figures: docs/benchmarks.md,
+    "Check speed"). Without it, each JAX process and
     its helper compile into a temporary cache, removed at the end, unless the
     environment names one. TensorFlow's and torch's processes run their ops
     eagerly and compile nothing. An empty path, or one that cannot be a

@@ -112,7 +112,28 @@ def check_options(options: dict, what: str) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    """One deviation: which layer, policy and backend, what was expected and seen."""
+    """One deviation: which layer, policy and backend, what was expected and seen.
+
+    Args:
+        layer: the layer's name.
+        policy: the policy's name.
+        source: `"kpe"` or `"keras"`: whose policy class was checked.
+        backend: the backend it ran on.
+        check: what was checked (`"output"`, `"variable"`, `"train"`, ...).
+        expected: what the policy says.
+        seen: what the layer did.
+        short: a few words for a table cell.
+
+    >>> import keras, numpy as np, keras_policy_ext as kpe
+    >>> class CastsToFloat32(keras.layers.Layer):
+    ...     def call(self, x):
+    ...         return keras.ops.cast(x, "float32")
+    >>> report = kpe.testing.check_layer(
+    ...     CastsToFloat32, np.ones((2, 3), "float32"), ["mixed_float16"], train=False)
+    >>> finding = report.findings[0]
+    >>> finding.check, finding.expected
+    ('output', 'float16')
+    """
 
     layer: str
     policy: str
@@ -132,7 +153,24 @@ class Finding:
 
 @dataclasses.dataclass(frozen=True)
 class CaseResult:
-    """The findings of one layer under one policy on one backend."""
+    """The findings of one layer under one policy on one backend.
+
+    Args:
+        layer: the layer's name.
+        policy: the policy's name.
+        source: `"kpe"` or `"keras"`: whose policy class was checked.
+        backend: the backend it ran on.
+        findings: the `Finding`s; none when the layer conforms.
+        refused: why kpe refused the layer under this policy
+            (`kpe.PolicyRefusedError`), else empty.
+
+    >>> import keras, numpy as np, keras_policy_ext as kpe
+    >>> report = kpe.testing.check_layer(
+    ...     lambda: keras.layers.Dense(2), np.ones((1, 3), "float32"), ["float32"], train=False)
+    >>> case = report.cases[0]
+    >>> case.policy, case.source, case.ok
+    ('float32', 'kpe', True)
+    """
 
     layer: str
     policy: str
@@ -155,6 +193,13 @@ class CaseResult:
 @dataclasses.dataclass(frozen=True)
 class Report:
     """All cases of a check; `ok` when no case has a finding.
+
+    `findings` lists every case's findings, `to_dict()` / `to_json()` give
+    the structured report and `from_dict` reads it back; `str()` lists the
+    findings and refusals.
+
+    Args:
+        cases: the `CaseResult`s.
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> report = kpe.testing.check_layer(
@@ -214,7 +259,12 @@ class Report:
 
 
 class ConformanceError(AssertionError):
-    """Raised by `assert_conforms`; its message lists every finding."""
+    """Raised by `assert_conforms`; its message lists every finding.
+
+    >>> import keras_policy_ext as kpe
+    >>> issubclass(kpe.testing.ConformanceError, AssertionError)
+    True
+    """
 
 
 def _dtype(x: Any) -> str:
@@ -700,22 +750,37 @@ def check_layer(
 ) -> Report:
     """Checks a layer under each policy on the running backend.
 
-    `factory()` is called inside `policy_scope(policy)` and returns the layer
-    or model (built with `dtype=None`, so it takes the scope's policy).
-    `inputs` is what the layer is called with: an array, or a tuple of
-    positional arguments (arrays, or lists of arrays for merge layers).
-    `sources` picks whose policy class is checked: `"kpe"`, `"keras"` (Keras's
-    own `keras.DTypePolicy`, for comparison) or both; kpe's cases run with the
-    plugin installed (kpe's fixes of Keras's defects in place), and a layer it
-    refuses is a case with `refused` set and no finding. `tolerances` overrides
-    `TOLERANCES` per compute dtype; `variable_dtypes` maps variable paths (or
-    their last parts, such as `"moving_mean"`) to the dtype a layer documents
-    for them instead of the policy's; `output_dtype` is the floating dtype
-    a layer's own code returns whatever the policy (a head that casts to
-    float32), checked instead of the compute dtype. With `rules` (a
-    `keras_policy_ext.Rules`), each layer is built under the rules with the
-    policy as their default, and checked against the policy its rule picked:
-    variables against their layer's, outputs against their output layer's.
+    Each case checks the variables (declared and held dtypes), the outputs
+    (dtype, finite), the symbolic outputs against the eager ones, a training
+    step and the numerics against a float32 copy of the layer. kpe's cases
+    run with the plugin installed (kpe's fixes of Keras's defects in place);
+    a layer it refuses is a case with `refused` set and no finding.
+
+    Args:
+        factory: called inside `policy_scope(policy)`; returns the layer or
+            model, built with `dtype=None` so that it takes the scope's policy.
+        inputs: what the layer is called with: an array, or a tuple of
+            positional arguments (arrays, or lists of arrays for merge layers).
+        policies: the policies (names or objects) to check under.
+        name: the layer's name in the report (default: from the factory).
+        sources: whose policy class is checked: `"kpe"`, `"keras"` (Keras's
+            own `keras.DTypePolicy`, for comparison) or both.
+        train: whether to check a training step.
+        numerics: whether to compare with a float32 copy of the layer.
+        tolerances: overrides `TOLERANCES` per compute dtype.
+        variable_dtypes: variable paths (or their last parts, such as
+            `"moving_mean"`) mapped to the dtype a layer documents for them
+            instead of the policy's.
+        rules: a `keras_policy_ext.Rules`: each layer is built under the
+            rules with the policy as their default, and checked against the
+            policy its rule picked (variables against their layer's, outputs
+            against their output layer's).
+        output_dtype: the floating dtype a layer's own code returns whatever
+            the policy (a head that casts to float32), checked instead of the
+            compute dtype.
+
+    Returns:
+        A `Report` of one `CaseResult` per policy and source.
 
     Each case is seeded from `seed` and its identity (`case_seed`): the
     layer draws the same weights on every run, and its `digest` says so.
@@ -751,7 +816,19 @@ def assert_conforms(
     policies: Iterable[Any] = DEFAULT_POLICIES,
     **kwargs: Any,
 ) -> Report:
-    """`check_layer`, raising `ConformanceError` listing every finding.
+    """Checks a layer as `check_layer` does, and raises if any case has a finding.
+
+    Args:
+        factory: as in `check_layer`.
+        inputs: as in `check_layer`.
+        policies: as in `check_layer`.
+        **kwargs: `check_layer`'s other options.
+
+    Returns:
+        The `Report`, when every case conforms (or is refused).
+
+    Raises:
+        ConformanceError: a finding, listing every finding.
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> _ = kpe.testing.assert_conforms(

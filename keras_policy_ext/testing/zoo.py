@@ -45,12 +45,22 @@ L = _Layers()
 class ZooEntry(NamedTuple):
     """A named layer factory and its inputs.
 
-    `backends`: the backends the layer exists on (empty: all). `requires`:
-    modules it needs besides the backend (Keras's preprocessing layers that
-    run on TensorFlow). `output_dtype`: the floating dtype the layer's own
-    code returns whatever the policy (a float32 head), else `None` (the
-    compute dtype). `since`: the first Keras release that has the layer
-    (empty: every release kpe supports).
+    Args:
+        name: the zoo's name for the entry (`"Dense"`, `"Bidirectional(LSTM)"`).
+        factory: builds the layer, with `dtype=None`.
+        inputs: makes the layer's inputs from a `numpy.random.Generator`.
+        backends: the backends the layer exists on (empty: all).
+        requires: modules it needs besides the backend (Keras's
+            preprocessing layers that run on TensorFlow).
+        output_dtype: the floating dtype the layer's own code returns
+            whatever the policy (a float32 head), else `None` (the compute
+            dtype).
+        since: the first Keras release that has the layer (empty: every
+            release kpe supports).
+
+    >>> from keras_policy_ext.testing.zoo import ZOO
+    >>> ZOO["Dense"].name, ZOO["Dense"].backends
+    ('Dense', ())
     """
 
     name: str

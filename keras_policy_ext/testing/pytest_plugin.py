@@ -2,18 +2,25 @@
 
 - `kpe_policy`: runs a test once per policy (the `kpe_policies` ini option,
   default `keras_policy_ext.testing.DEFAULT_POLICIES`), inside that policy's
-  scope, and yields the policy.
+  scope, and yields the policy. A policy the backend cannot honour
+  (`kpe.validate`: float64 on JAX without x64) is skipped with the reason
+  and the remedy, never run to a failure the test did not cause.
 - `kpe_clean_state`: restores kpe's default policy, the plugin and `floatx`.
 - `kpe_backend`: the name of the Keras backend the test runs on.
-- `@pytest.mark.backends("jax", "torch")`: the test runs on those backends
-  only, and is skipped with the reason on any other.
+- `@pytest.mark.kpe_backends("jax", "torch")`: the test runs on those
+  backends only, and is skipped with the reason on any other. (The marker
+  was `backends` before; that name belongs to the projects that use it and
+  kpe no longer reads it.)
 - `pytest --kpe-backends=jax,torch,tensorflow` (or `all`, every installed
   backend): the selected tests once per backend, each backend in its own
   process, concurrently, with one merged report
   (`keras_policy_ext.testing.multibackend`: on pytest-xdist).
 
-The plugin imports Keras only when tests are collected or a fixture runs,
-so a `conftest.py` can still pick `KERAS_BACKEND` first.
+The plugin is loaded into every pytest run of an environment where kpe is
+installed, so it costs a run that does not use it nothing: every name it
+adds is prefixed `kpe`, and it imports Keras only for a test that uses one
+of its fixtures or its marker (so a `conftest.py` can still pick
+`KERAS_BACKEND` first).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from typing import Any
 import pytest
 
 from keras_policy_ext.testing import multibackend
+
+MARKER = "kpe_backends"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,8 +56,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "backends(*names): run the test only on these Keras backends; skipped on any other",
+        f"{MARKER}(*names): run the test only on these Keras backends; skipped on any other",
     )
+    multibackend.configure_worker(config)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -63,8 +73,8 @@ def _backend() -> str:
 
 
 def _marked_backends(item: pytest.Item) -> list[str] | None:
-    """The names of the item's `backends` marker (None without one); `ValueError` if bad."""
-    marker = item.get_closest_marker("backends")
+    """The names of the item's `kpe_backends` marker (None without one); `ValueError` if bad."""
+    marker = item.get_closest_marker(MARKER)
     if marker is None:
         return None
     from keras_policy_ext.backends import check_backends
@@ -72,8 +82,8 @@ def _marked_backends(item: pytest.Item) -> list[str] | None:
     names = list(marker.args)
     if not names or not all(isinstance(n, str) for n in names):
         raise ValueError(
-            f"@pytest.mark.backends needs one or more backend names, e.g. "
-            f'@pytest.mark.backends("jax", "torch"); got {names!r}'
+            f"@pytest.mark.{MARKER} needs one or more backend names, e.g. "
+            f'@pytest.mark.{MARKER}("jax", "torch"); got {names!r}'
         )
     check_backends(names)
     return names
@@ -120,8 +130,16 @@ def kpe_clean_state() -> Iterator[None]:
 
 @pytest.fixture
 def kpe_policy(request: pytest.FixtureRequest, kpe_clean_state: None) -> Iterator[Any]:
-    """The test's policy, in force (a `policy_scope`) while the test runs."""
+    """The test's policy, in force (a `policy_scope`) while the test runs.
+
+    Skipped, with `kpe.validate`'s reason and remedy, where the backend
+    cannot honour the policy (float64 on JAX without x64).
+    """
+    import keras_policy_ext as kpe
     from keras_policy_ext import config
 
+    refused = kpe.validate(request.param)
+    if not refused.ok:
+        pytest.skip(refused.reason)
     with config.policy_scope(request.param) as policy:
         yield policy

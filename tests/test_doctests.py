@@ -543,6 +543,12 @@ def test_a_failing_prompt_less_block_fails_with_the_file_s_line_and_stops_the_sc
     assert "2 later examples did not run" in failure
 
 
+def test_the_tutorial_page_builds_trains_and_saves_under_mixed_precision():
+    result = doctests.run_file(str(ROOT / "docs" / "tutorial_mixed_precision.md"))
+    assert result["error"] is None and result["failures"] == [], "".join(result["failures"])
+    assert counts(result) == (7, 0, 0)  # every block of the page ran
+
+
 def test_a_prompt_less_block_that_does_not_compile_is_its_failure(tmp_path):
     text = "# A signature, not code\n\n```python\nkpe.Rule(policy, *, layer=None)\n```\n"
     result = doctests.run_file(write(tmp_path / "doc.md", text))

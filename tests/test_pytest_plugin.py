@@ -393,3 +393,49 @@ def test_a_backend_where_no_test_ran_is_not_passed(pytester):
     result = pytester.runpytest_subprocess("--kpe-backends=all", "-p", "no:cacheprovider")
     assert "passed on every backend" not in result.stdout.str()
     result.stdout.fnmatch_lines([f"*kpe backends: no test ran on {BACKEND}*"])
+
+
+# --- Docs in the test suite: the `kpe_docs` ini option (issue 22) ---
+
+PAGES = {
+    "good.md": "# Good\n\n```python\nimport keras\nx = keras.ops.ones((2, 3))\n```\n\n"
+    "```python\nassert tuple(x.shape) == (2, 3)\n```\n",
+    "bad.md": "# Bad\n\n```python\nraise ValueError('from the page')\n```\n",
+    "prose.md": "# Prose only\n\n```bash\npip install it\n```\n",
+    "notes.md": "# Not listed in kpe_docs\n\n```python\nraise RuntimeError\n```\n",
+}
+
+
+def test_kpe_docs_collects_the_listed_pages_as_tests(pytester):
+    pytester.makeini("[pytest]\nkpe_docs = good.md bad.md prose.md\n")
+    for name, text in PAGES.items():
+        pytester.makefile(".md", **{name[:-3]: text})
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider", ".")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*good.md::good.md PASSED*",
+            '*bad.md", line 4, in <module>*',
+            "*ValueError: from the page*",
+            "*prose.md*nothing to run*",
+        ]
+    )
+    assert "notes.md" not in result.stdout.str()
+
+
+def test_without_kpe_docs_no_page_is_collected(pytester):
+    for name, text in PAGES.items():
+        pytester.makefile(".md", **{name[:-3]: text})
+    result = pytester.runpytest("-p", "no:cacheprovider", ".")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+@needs_xdist
+def test_kpe_docs_run_once_per_backend_under_kpe_backends(pytester):
+    pytester.makeini("[pytest]\nkpe_docs = good.md\n")
+    pytester.makefile(".md", good=PAGES["good.md"])
+    result = pytester.runpytest_subprocess("--kpe-backends=all", "-p", "no:cacheprovider", ".")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    for backend in installed_backends():
+        line = f"{backend} 1 passed, 0 failed, 0 skipped"
+        assert line in [" ".join(l.split(None, 1)) for l in result.stdout.lines]

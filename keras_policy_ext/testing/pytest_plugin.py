@@ -15,6 +15,11 @@
   backend): the selected tests once per backend, each backend in its own
   process, concurrently, with one merged report
   (`keras_policy_ext.testing.multibackend`: on pytest-xdist).
+- `kpe_docs = README.md docs/*.md` (ini option, off by default): those
+  Markdown and reST pages are tests, one per page, run as `keras-policy-ext
+  doctest` runs them (`>>>` examples and prompt-less ```` ```python ````
+  blocks; `kpe_docs_setup` is its `--setup`), on the backend of the run, so
+  `pytest --kpe-backends=all` verifies the docs on every backend too.
 
 The plugin is loaded into every pytest run of an environment where kpe is
 installed, so it costs a run that does not use it nothing: every name it
@@ -25,8 +30,13 @@ of its fixtures or its marker (so a `conftest.py` can still pick
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,6 +51,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "kpe_policies",
         "policies the kpe_policy fixture runs each test under",
         type="args",
+    )
+    parser.addini(
+        "kpe_docs",
+        "Markdown and reST pages (paths or globs from the rootdir) run as tests, "
+        "one per page, as `keras-policy-ext doctest` runs them",
+        type="args",
+    )
+    parser.addini(
+        "kpe_docs_setup",
+        "Python code run in each kpe_docs page's namespace first (doctest --setup)",
     )
     group = parser.getgroup("keras-policy-ext")
     group.addoption(
@@ -143,3 +163,68 @@ def kpe_policy(request: pytest.FixtureRequest, kpe_clean_state: None) -> Iterato
         pytest.skip(refused.reason)
     with config.policy_scope(request.param) as policy:
         yield policy
+
+
+DOC_SUFFIXES = (".md", ".markdown", ".rst", ".rest")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    """A page listed in `kpe_docs` is a test file with one test: its examples."""
+    patterns = parent.config.getini("kpe_docs")
+    if not patterns or file_path.suffix.lower() not in DOC_SUFFIXES:
+        return None
+    relative = file_path.relative_to(parent.config.rootpath).as_posix()
+    if not any(fnmatch.fnmatch(relative, pattern) for pattern in patterns):
+        return None
+    return DocFile.from_parent(parent, path=file_path)
+
+
+class DocFile(pytest.File):
+    """A `kpe_docs` page."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        yield DocItem.from_parent(self, name=self.path.name)
+
+
+class DocFailure(Exception):
+    """A page's failed examples, its error, or that it had nothing to run."""
+
+
+class DocItem(pytest.Item):
+    """A page's examples, run by `keras-policy-ext doctest` on this run's backend.
+
+    The command runs in its own process (it imports the page's code as a
+    fresh script would, and a crash or hang is the page's failure, not the
+    session's), with `KERAS_BACKEND` as this process has it.
+    """
+
+    def runtest(self) -> None:
+        command = [sys.executable, "-m", "keras_policy_ext", "doctest", "--backends",
+                   _backend(), "--format", "json", str(self.path)]  # fmt: skip
+        setup = self.config.getini("kpe_docs_setup")
+        if setup:
+            command += ["--setup", setup]
+        run = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+        try:
+            [result] = next(iter(json.loads(run.stdout)["backends"].values()))
+        except (ValueError, KeyError, StopIteration):
+            message = f"keras-policy-ext doctest exited {run.returncode}:\n{run.stderr}"
+            raise DocFailure(message) from None
+        if result["error"]:
+            raise DocFailure(f"{self.path.name}: ERROR: {result['error']}")
+        if result["failed"]:
+            raise DocFailure("".join(result["failures"]))
+        if not result["examples"]:
+            raise DocFailure(
+                f"{self.path.name}: nothing to run: no >>> example and no ```python block"
+            )
+        if not result["attempted"]:
+            pytest.skip(f"every example of {self.path.name} is skipped on {_backend()}")
+
+    def repr_failure(self, excinfo: Any, style: Any = None) -> Any:
+        if isinstance(excinfo.value, DocFailure):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, f"kpe doc {self.path.name}"

@@ -16,7 +16,7 @@ _FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
 class Validation(NamedTuple):
     """`validate`'s answer: `ok`, and why not when it is not.
 
-    Args:
+    Attributes:
         ok: whether the backend can honour the policy.
         reason: why not, naming the policy, the backend and the remedy;
             empty when `ok`.

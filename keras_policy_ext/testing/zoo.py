@@ -45,7 +45,7 @@ L = _Layers()
 class ZooEntry(NamedTuple):
     """A named layer factory and its inputs.
 
-    Args:
+    Attributes:
         name: the zoo's name for the entry (`"Dense"`, `"Bidirectional(LSTM)"`).
         factory: builds the layer, with `dtype=None`.
         inputs: makes the layer's inputs from a `numpy.random.Generator`.

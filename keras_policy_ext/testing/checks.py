@@ -18,6 +18,7 @@ whichever cases ran before it and in whichever process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -200,6 +201,7 @@ class Report:
 
     Args:
         cases: the `CaseResult`s.
+        seed: the run's seed the cases were drawn from (`case_seed`).
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> report = kpe.testing.check_layer(
@@ -495,10 +497,8 @@ class _Case:
         The plugin is installed before the case's streams are seeded: what its
         fixes' probes draw (once per process) never shifts a case's weights.
         """
-        if self.source != "kpe" and self.options["rules"] is None:
-            with isolated(self.seed):
-                return self.checks()
-        with plugin.installed(), isolated(self.seed):
+        kpe = self.source == "kpe" or self.options["rules"] is not None
+        with plugin.installed() if kpe else contextlib.nullcontext(), isolated(self.seed):
             return self.checks()
 
     def checks(self) -> CaseResult:

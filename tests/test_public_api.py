@@ -121,9 +121,10 @@ def test_public_docstrings_are_in_keras_style(name, value):
     if inspect.isclass(value) and issubclass(value, BaseException):
         parameters = []  # an error's message, as every exception takes
     if parameters:
-        # A named tuple's fields are its attributes (what mkdocstrings reads for them).
-        fields = "\nAttributes:\n" if hasattr(value, "_fields") else "\nArgs:\n"
-        assert fields in doc, f"{name}: takes {[p.name for p in parameters]}, no {fields.strip()}"
+        # A named tuple's fields are its attributes (mkdocstrings reads `Args:` of a
+        # class as its `__init__`'s, which a named tuple's is not).
+        section = "\nAttributes:\n" if hasattr(value, "_fields") else "\nArgs:\n"
+        assert section in doc, f"{name}: takes {[p.name for p in parameters]}, no {section.strip()}"
     if inspect.isfunction(value):
         returns = inspect.signature(value).return_annotation
         silent = (None, "None", inspect.Signature.empty)

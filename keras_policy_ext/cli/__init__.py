@@ -290,7 +290,23 @@ def _policies(value: str) -> list[str]:
 
 
 def _backends(value: str) -> list[str]:
+    """`--backends` of `check` and `doctest`: comma-separated names, or `all` (every installed).
+
+    >>> from keras_policy_ext.cli import _backends
+    >>> from keras_policy_ext.backends import installed_backends
+    >>> _backends("all") == installed_backends(), _backends("torch,jax")
+    (True, ['torch', 'jax'])
+    """
     names = _names("--backends")(value)
+    if names == ["all"]:
+        from keras_policy_ext.backends import installed_backends
+
+        names = installed_backends()
+        if not names:
+            raise argparse.ArgumentTypeError(
+                f"all: no backend is installed ({', '.join(BACKENDS)})"
+            )
+        return names
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         raise argparse.ArgumentTypeError(
@@ -388,7 +404,8 @@ def _parser() -> argparse.ArgumentParser:
         "--backends",
         type=_backends,
         action="extend",
-        help=f"comma-separated, of {', '.join(BACKENDS)} (default: all)",
+        help=f"comma-separated, of {', '.join(BACKENDS)}, or 'all' (the default: every "
+        "installed backend)",
     )
     check.add_argument(
         "--policies",
@@ -443,23 +460,28 @@ def _parser() -> argparse.ArgumentParser:
         commands,
         "doctest",
         _doctest,
-        "run the >>> examples of files once per installed backend",
-        "Runs the >>> examples of Markdown, reST and Python files (directories: "
+        "run the examples of docs once per installed backend",
+        "Runs the >>> examples and prompt-less ```python blocks of Markdown and reST "
+        "files, and the >>> examples of Python files' docstrings (directories: "
         "every such file under them), each backend in its own subprocess, the "
         "files one after another: a file that crashes its process or runs past "
         "--timeout is that file's error, and a new process goes on with the next. "
         "'# doctest: +SKIP_JAX' (or +SKIP_TORCH, +SKIP_TENSORFLOW) skips an "
         "example on that backend, '+SKIP_WITHOUT_TENSORFLOW' (or _JAX, _TORCH) where "
-        "that library is not installed. Exit status: 0 when every example passed, 1 "
-        "when one failed, 2 when a file could not be read (before anything "
-        "runs), imported or run to its end, or no example ran.",
+        "that library is not installed. A file's prompt-less blocks and >>> "
+        "examples run in its order as one script (a block that raises stops it); "
+        "'```python notest' or '<!-- skip: next -->' opts a block out. Exit status: "
+        "0 when every example passed, 1 when one failed, 2 when a file could not be "
+        "read (before anything runs), imported or run to its end, no example ran, "
+        "or a file named had nothing to run.",
     )
     doctest.add_argument("files", nargs="+", metavar="FILE")
     doctest.add_argument(
         "--backends",
         type=_backends,
         action="extend",
-        help="comma-separated (default: every installed backend)",
+        help=f"comma-separated, of {', '.join(BACKENDS)}, or 'all' (the default: every "
+        "installed backend)",
     )
     doctest.add_argument(
         "--setup",
@@ -475,7 +497,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _report_options(
         doctest,
-        ["table", "json", "junit"],
+        ["table", "markdown", "json", "junit"],
         timeout=DOCTEST_TIMEOUT,
         timeout_help="stop a file's examples after SECONDS (default %(default)g): that "
         "file's error (exit 2), and the next file runs in a new process",

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import importlib
 import sys
 import threading
@@ -40,8 +39,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import keras
-import numpy as np
-from keras import ops
 
 from keras_policy_ext.internals.versions import (
     VERIFIED_KERAS,
@@ -222,33 +219,6 @@ def loss_scale_index(optimizer: keras.optimizers.LossScaleOptimizer) -> int:
     list in that order.
     """
     return next(i for i, v in enumerate(optimizer.variables) if v is optimizer.dynamic_scale)
-
-
-@functools.cache
-def keras_loss_scale_apply_fails_eagerly() -> bool:
-    """Whether Keras's own `LossScaleOptimizer.apply` fails in an eager loop here.
-
-    keras-team/keras#19244: `apply` updates its variables inside the branches
-    of `ops.cond`; on JAX that is `lax.cond`, which traces both branches, so
-    the assigned values are leaked tracers (`UnexpectedTracerError`). Probed
-    once, on JAX only (the other backends run `cond` eagerly), on a throwaway
-    optimizer with explicit names (no name counter moves). When a Keras
-    release fixes it, the probe succeeds and kpe defers to Keras's `apply`.
-    """
-    if keras.backend.backend() != "jax":
-        return False
-    probe = keras.optimizers.LossScaleOptimizer(
-        keras.optimizers.SGD(name="kpe_probe_sgd"), name="kpe_probe_loss_scale_optimizer"
-    )
-    variable = keras.Variable(np.ones(1, "float32"), name="kpe_probe_variable")
-    try:
-        for grad in (1.0, np.inf):
-            probe.apply([ops.convert_to_tensor(np.array([grad], "float32"))], [variable])
-        ops.convert_to_numpy(variable.value)
-        ops.convert_to_numpy(probe.dynamic_scale.value)
-    except Exception:  # any failure means: do not rely on Keras's apply
-        return True
-    return False
 
 
 def optimizer_trainable_variables(optimizer: keras.optimizers.Optimizer) -> list:

@@ -49,7 +49,14 @@ from keras.src.backend.common import global_state
 from keras.src.backend.common.variables import get_autocast_scope
 
 from keras_policy_ext.backends import jax_x64_on
-from keras_policy_ext.internals import quiet, refuse, resolve, target_problem
+from keras_policy_ext.internals import (
+    optimizer_trainable_variables,
+    overwrites_with_gradient,
+    quiet,
+    refuse,
+    resolve,
+    target_problem,
+)
 
 # The module of kpe's policy class. This module sits below it (the policy
 # module imports `keras_policy_ext.internals`), so it recognises kpe's
@@ -297,6 +304,8 @@ class Fix:
             return "failed", f"probe raised {_probe_errors[self.name]}"
         if not needed:
             return "skipped", "Keras is right here (its probe finds no defect)"
+        if not self.targets:
+            return "applied", "its probe finds the defect; kpe's own code works around it"
         if self.applied:
             return "applied", "its probe finds the defect"
         return "skipped", "not applied now; its probe finds the defect"
@@ -836,6 +845,70 @@ def _probe_conv3d_bf16_gradient() -> bool:
     return not error <= 0.08  # bfloat16's tolerance in kpe's check; NaN is a defect
 
 
+# 10. JAX: LossScaleOptimizer.apply assigns its variables inside ops.cond (keras#19244).
+
+
+def apply_loss_scale_without_cond(
+    optimizer: keras.optimizers.LossScaleOptimizer, grads: Any, trainable_variables: Any = None
+) -> None:
+    """Keras's `LossScaleOptimizer.apply`, with no variable assigned inside `ops.cond`.
+
+    kpe's `LossScaleOptimizer.apply` runs this while the `loss_scale_apply_eager`
+    fix's probe finds Keras's own `apply` failing in an eager loop (JAX). The
+    same step, branch-free: the inner optimizer applies the unscaled
+    gradients, then every variable it may have changed (the trainable ones
+    and its own) takes `where(finite, new, old)`, so a non-finite step leaves
+    no trace, as Keras's skipped branch does; the scale and step counter
+    follow Keras's rule through `ops.where`. JAX arrays are immutable, so the
+    old values stay valid.
+    """
+    if not optimizer.built:
+        with keras.name_scope(optimizer.name, caller=optimizer):
+            optimizer.build(trainable_variables)
+        optimizer.built = True
+    variables = list(trainable_variables or optimizer_trainable_variables(optimizer))
+    finite = optimizer.check_finite(grads)
+    scale = optimizer.dynamic_scale.value
+    unscaled = [
+        g if g is None or overwrites_with_gradient(optimizer, v) else ops.divide(g, scale)
+        for g, v in zip(grads, variables)
+    ]
+    touched = variables + list(optimizer.inner_optimizer.variables)
+    before = [v.value for v in touched]
+    optimizer.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables)
+    for variable, old in zip(touched, before):
+        variable.assign(ops.where(finite, variable.value, old))
+    grow = ops.logical_and(
+        finite, ops.equal(optimizer.step_counter.value, optimizer.dynamic_growth_steps - 1)
+    )
+    optimizer.dynamic_scale.assign(
+        ops.where(
+            finite, ops.where(grow, ops.multiply(scale, 2.0), scale), ops.multiply(scale, 0.5)
+        )
+    )
+    counter = optimizer.step_counter.value
+    optimizer.step_counter.assign(
+        ops.where(ops.logical_and(finite, ops.logical_not(grow)), counter + 1, 0)
+    )
+
+
+def _probe_loss_scale_apply() -> bool:
+    # A throwaway optimizer with explicit names; any failure means: do not rely
+    # on Keras's apply.
+    probe = keras.optimizers.LossScaleOptimizer(
+        keras.optimizers.SGD(name="kpe_probe_sgd"), name="kpe_probe_loss_scale_optimizer"
+    )
+    variable = keras.Variable(np.ones(1, "float32"), name="kpe_probe_variable")
+    try:
+        for grad in (1.0, np.inf):
+            probe.apply([ops.convert_to_tensor(np.array([grad], "float32"))], [variable])
+        ops.convert_to_numpy(variable.value)
+        ops.convert_to_numpy(probe.dynamic_scale.value)
+    except Exception:
+        return True
+    return False
+
+
 # --------------------------------------------------------------------------
 # The table.
 
@@ -1082,6 +1155,25 @@ FIXES: tuple[Fix, ...] = (
                 ("inputs", "kernel", "strides", "padding", "data_format"),
             ),
         ),
+    ),
+    Fix(
+        "loss_scale_apply_eager",
+        issue="keras-team/keras#19244",
+        defect=(
+            "JAX: LossScaleOptimizer.apply in an eager loop (a custom training loop "
+            "calling optimizer.apply) raises UnexpectedTracerError."
+        ),
+        cause=(
+            "keras/src/optimizers/loss_scale_optimizer.py LossScaleOptimizer._common_apply "
+            "assigns the optimizer's and the model's variables inside the branches of "
+            "ops.cond; on JAX that is lax.cond, which traces both branches, so the "
+            "assigned values are leaked tracers."
+        ),
+        backends=("jax",),
+        probe=_probe_loss_scale_apply,
+        # No Keras attribute is patched: kpe's own LossScaleOptimizer runs
+        # `apply_loss_scale_without_cond` while this probe finds the defect.
+        targets=(),
     ),
 )
 

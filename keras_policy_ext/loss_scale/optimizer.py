@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from keras_policy_ext import internals
+from keras_policy_ext.internals import fixes
 from keras_policy_ext.loss_scale.values import check_settings
 from keras_policy_ext.models import sublayers
 
@@ -86,51 +87,12 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         return ops.clip(scale, self.floor, self.ceiling)
 
     def apply(self, grads: Any, trainable_variables: Any = None) -> None:
-        if internals.keras_loss_scale_apply_fails_eagerly():
-            self._apply_without_cond(grads, trainable_variables)
+        workaround = fixes.get("loss_scale_apply_eager")
+        if workaround.concerns() and workaround.probe():  # keras#19244
+            fixes.apply_loss_scale_without_cond(self, grads, trainable_variables)
         else:
             super().apply(grads, trainable_variables)
         self.dynamic_scale.assign(self._clipped(self.dynamic_scale))
-
-    def _apply_without_cond(self, grads: Any, trainable_variables: Any = None) -> None:
-        """Keras's `apply` with no variable assigned inside `ops.cond` (keras#19244).
-
-        Used on JAX while Keras's own `apply` fails eagerly there
-        (`internals.keras_loss_scale_apply_fails_eagerly`). The same step, branch-free: the inner
-        optimizer applies the unscaled gradients, then every variable it may
-        have changed (the trainable ones and its own) takes `where(finite,
-        new, old)`, so a non-finite step leaves no trace, as Keras's skipped
-        branch does; the scale and step counter follow Keras's rule through
-        `ops.where`. JAX arrays are immutable, so the old values stay valid.
-        """
-        if not self.built:
-            with keras.name_scope(self.name, caller=self):
-                self.build(trainable_variables)
-            self.built = True
-        variables = list(trainable_variables or internals.optimizer_trainable_variables(self))
-        finite = self.check_finite(grads)
-        scale = self.dynamic_scale.value
-        unscaled = [
-            g if g is None or internals.overwrites_with_gradient(self, v) else ops.divide(g, scale)
-            for g, v in zip(grads, variables)
-        ]
-        touched = variables + list(self.inner_optimizer.variables)
-        before = [v.value for v in touched]
-        self.inner_optimizer.apply(unscaled, trainable_variables=trainable_variables)
-        for variable, old in zip(touched, before):
-            variable.assign(ops.where(finite, variable.value, old))
-        grow = ops.logical_and(
-            finite, ops.equal(self.step_counter.value, self.dynamic_growth_steps - 1)
-        )
-        self.dynamic_scale.assign(
-            ops.where(
-                finite, ops.where(grow, ops.multiply(scale, 2.0), scale), ops.multiply(scale, 0.5)
-            )
-        )
-        counter = self.step_counter.value
-        self.step_counter.assign(
-            ops.where(ops.logical_and(finite, ops.logical_not(grow)), counter + 1, 0)
-        )
 
     def stateless_apply(self, optimizer_variables: Any, grads: Any, trainable_variables: Any):
         new_trainable, new_optimizer = super().stateless_apply(

@@ -18,6 +18,7 @@ whichever cases ran before it and in whichever process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -163,8 +164,6 @@ class CaseResult:
         findings: the `Finding`s; none when the layer conforms.
         refused: why kpe refused the layer under this policy
             (`kpe.PolicyRefusedError`), else empty.
-        digest: a fingerprint of the layer's weights as built (SHA-256 of
-            their values): two runs that agree on it checked the same layer.
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> report = kpe.testing.check_layer(
@@ -203,7 +202,7 @@ class Report:
 
     Args:
         cases: the `CaseResult`s.
-        seed: the run's seed, from which each case's seed is derived.
+        seed: the run's seed the cases were drawn from (`case_seed`).
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> report = kpe.testing.check_layer(
@@ -523,10 +522,8 @@ class _Case:
         The plugin is installed before the case's streams are seeded: what its
         fixes' probes draw (once per process) never shifts a case's weights.
         """
-        if self.source != "kpe" and self.options["rules"] is None:
-            with isolated(self.seed):
-                return self.checks()
-        with plugin.installed(), isolated(self.seed):
+        kpe = self.source == "kpe" or self.options["rules"] is not None
+        with plugin.installed() if kpe else contextlib.nullcontext(), isolated(self.seed):
             return self.checks()
 
     def checks(self) -> CaseResult:
@@ -784,14 +781,6 @@ def check_layer(
     run with the plugin installed (kpe's fixes of Keras's defects in place);
     a layer it refuses is a case with `refused` set and no finding.
 
-    Each case is seeded from `seed` and its identity (`case_seed`): the
-    layer draws the same weights on every run, and its `digest` says so.
-    Python's and NumPy's global random states are left as they were.
-    The training step (`train`) is one SGD step on a mean squared error
-    against the layer's output plus noise; with `numerics`, each
-    variable's update is compared with a float32 step from the same
-    weights, inputs and target, within the tolerance of the compute dtype.
-
     Args:
         factory: called inside `policy_scope(policy)`; returns the layer or
             model, built with `dtype=None` so that it takes the scope's policy.
@@ -814,10 +803,17 @@ def check_layer(
         output_dtype: the floating dtype a layer's own code returns whatever
             the policy (a head that casts to float32), checked instead of the
             compute dtype.
-        seed: the run's seed (default 0); each case's seed derives from it.
 
     Returns:
         A `Report` of one `CaseResult` per policy and source.
+
+    Each case is seeded from `seed` and its identity (`case_seed`): the
+    layer draws the same weights on every run, and its `digest` says so.
+    Python's and NumPy's global random states are left as they were.
+    The training step (`train`) is one SGD step on a mean squared error
+    against the layer's output plus noise; with `numerics`, each
+    variable's update is compared with a float32 step from the same
+    weights, inputs and target, within the tolerance of the compute dtype.
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> class CastsToFloat32(keras.layers.Layer):

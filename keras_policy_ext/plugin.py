@@ -154,13 +154,20 @@ def _deactivate() -> None:
 def install() -> None:
     """Makes Keras resolve policies through kpe (idempotent), all or nothing.
 
-    Raises `RuntimeError` naming the Keras version and the verified range
-    (`keras_policy_ext.internals.versions.VERIFIED_RANGE`) when Keras is older
-    than the range or an internal kpe patches is missing or has another
-    signature; Keras is then exactly as before the call (every patch made is
-    reverted) and `is_installed()` is False. A Keras newer than the range gets
-    one `RuntimeWarning`. A fix whose probe raises is applied, with a
-    `RuntimeWarning` naming it (`keras_policy_ext.internals.fixes`).
+    Also applies kpe's fixes of Keras's defects that the installed Keras
+    still has (`keras_policy_ext.internals.fixes`).
+
+    Raises:
+        RuntimeError: Keras is older than the verified range
+            (`keras_policy_ext.internals.versions.VERIFIED_RANGE`), or an
+            internal kpe patches is missing or has another signature; the
+            error names the Keras version and the range. Keras is then exactly
+            as before the call (every patch made is reverted) and
+            `is_installed()` is False.
+
+    A Keras newer than the range gets one `RuntimeWarning`. A fix whose probe
+    raises is applied, with a `RuntimeWarning` naming it.
+
     Afterwards `keras.config.set_dtype_policy`, `keras.config.dtype_policy`,
     `keras.mixed_precision.*` and every layer's `dtype=` name or `None` use
     kpe policies and kpe's process-wide default and scopes. It stands until

@@ -420,7 +420,22 @@ class Rule:
         set_(self, "reason", reason)
 
     def matches(self, cls: type, name: str, path: str) -> bool:
-        """Whether a layer of class `cls`, named `name`, built under `path` matches."""
+        """Whether a layer of class `cls`, named `name`, built under `path` matches.
+
+        Args:
+            cls: the layer's class.
+            name: the layer's name.
+            path: the path the layer is built under.
+
+        Returns:
+            `True` when every criterion the rule has accepts the layer.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> rule = kpe.Rule("float32", layer=keras.layers.Dense, name="head*")
+        >>> rule.matches(keras.layers.Dense, "head", "model/head"), rule.matches(
+        ...     keras.layers.Dense, "hidden", "model/hidden")
+        (True, False)
+        """
         return (
             (self.layer is None or issubclass(cls, self.layer))
             and (self.name is None or self.name.matches(name))
@@ -428,8 +443,22 @@ class Rule:
         )
 
     def covers(self, other: Rule) -> bool:
-        """Whether this rule matches every layer `other` matches: each of its
-        criteria is absent or accepts everything `other`'s accepts."""
+        """Whether this rule matches every layer `other` matches.
+
+        Each of this rule's criteria is absent or accepts everything
+        `other`'s accepts; `kpe.Rules` uses it to refuse a shadowed rule.
+
+        Args:
+            other: another `Rule`.
+
+        Returns:
+            `True` when `other` could never match a layer this rule does not.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> broad = kpe.Rule("float32", layer=keras.layers.Layer)
+        >>> broad.covers(kpe.Rule("float16", layer=keras.layers.Dense))
+        True
+        """
         return (
             (
                 self.layer is None
@@ -440,6 +469,7 @@ class Rule:
         )
 
     def get_config(self) -> dict:
+        """The rule as JSON-ready data (a layer class by the name Keras serializes it by)."""
         return {
             "policy": _policy_config(self.policy),
             "layer": None if self.layer is None else _class_path(self.layer),
@@ -450,6 +480,18 @@ class Rule:
 
     @classmethod
     def from_config(cls, config: dict) -> Rule:
+        """Rebuilds a rule from `get_config()`'s output; no module is imported.
+
+        Args:
+            config: what `get_config()` returned.
+
+        Returns:
+            An equal `Rule`.
+
+        Raises:
+            ValueError: a layer class found nowhere kpe may look (see
+                `kpe.saving.load_model`'s `safe_mode`).
+        """
         layer, name, path = (config.get(k) for k in ("layer", "name", "path"))
         return cls(
             config["policy"],
@@ -721,6 +763,7 @@ class Rules:
         )
 
     def get_config(self) -> dict:
+        """The rules and default as JSON-ready data (`from_config` reads it back)."""
         return {
             "rules": [rule.get_config() for rule in self.rules],
             "default": None if self.default is None else _policy_config(self.default),
@@ -728,6 +771,19 @@ class Rules:
 
     @classmethod
     def from_config(cls, config: dict) -> Rules:
+        """Rebuilds rules from `get_config()`'s output; no module is imported.
+
+        Args:
+            config: what `get_config()` returned.
+
+        Returns:
+            Equal `Rules`.
+
+        >>> import keras_policy_ext as kpe
+        >>> rules = kpe.rules.FLOAT32_NUMERICS
+        >>> kpe.Rules.from_config(rules.get_config()) == rules
+        True
+        """
         return cls([Rule.from_config(r) for r in config["rules"]], config.get("default"))
 
     def __eq__(self, other: object) -> bool:
@@ -745,7 +801,19 @@ class Rules:
 
 
 def owner_of(policy: Any) -> Rules | None:
-    """The `Rules` that made this policy object, if any."""
+    """The `Rules` that made this policy object, if any.
+
+    Args:
+        policy: a policy object (anything else gives `None`).
+
+    Returns:
+        The `Rules` whose rule or default this very object is, else `None`.
+
+    >>> import keras_policy_ext as kpe
+    >>> rules = kpe.rules.FLOAT32_NUMERICS.with_default("mixed_bfloat16")
+    >>> kpe.rules.owner_of(rules.default) is rules, kpe.rules.owner_of(kpe.DTypePolicy("float32"))
+    (True, None)
+    """
     return getattr(policy, _OWNER, None) if isinstance(policy, keras.DTypePolicy) else None
 
 

@@ -188,6 +188,7 @@ class CaseResult:
 
     @property
     def ok(self) -> bool:
+        """Whether the case has no finding (a refused case has none)."""
         return not self.findings
 
 
@@ -218,13 +219,22 @@ class Report:
 
     @property
     def ok(self) -> bool:
+        """Whether no case has a finding."""
         return all(case.ok for case in self.cases)
 
     @property
     def findings(self) -> list[Finding]:
+        """Every case's findings, in the cases' order."""
         return [f for case in self.cases for f in case.findings]
 
     def to_dict(self) -> dict:
+        """The report as plain data.
+
+        Returns:
+            `{"ok": bool, "seed": int, "cases": [...]}`, each case a dict of
+            its fields, its findings dicts too (JSON-ready; `from_dict` reads
+            it back).
+        """
         return {
             "ok": self.ok,
             "seed": self.seed,
@@ -232,10 +242,25 @@ class Report:
         }
 
     def to_json(self) -> str:
+        """The report as indented JSON (`to_dict`)."""
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
     def from_dict(cls, data: dict) -> Report:
+        """Rebuilds a report from `to_dict`'s output.
+
+        Args:
+            data: what `to_dict()` returned (or its JSON, parsed).
+
+        Returns:
+            An equal `Report`.
+
+        >>> import keras, numpy as np, keras_policy_ext as kpe
+        >>> report = kpe.testing.check_layer(
+        ...     lambda: keras.layers.Dense(2), np.ones((1, 3), "float32"), ["float32"], train=False)
+        >>> kpe.testing.Report.from_dict(report.to_dict()) == report
+        True
+        """
         return cls(
             tuple(
                 CaseResult(**{**c, "findings": tuple(Finding(**f) for f in c["findings"])})

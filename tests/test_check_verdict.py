@@ -117,8 +117,9 @@ def events_of(processes):
 def test_a_run_split_across_processes_checks_the_same_cases():
     alone, split = events_of(1), events_of(2)
     assert [c["layer"] for c in alone] == [c["layer"] for c in split]
-    assert [(c["digest"], c["findings"]) for c in alone] == [
-        (c["digest"], c["findings"]) for c in split
+    # A helper's cases come back through JSON: findings as lists, not tuples.
+    assert [(c["digest"], list(c["findings"])) for c in alone] == [
+        (c["digest"], list(c["findings"])) for c in split
     ]
 
 
@@ -287,4 +288,10 @@ def test_a_variable_whose_true_gradient_is_zero_gets_no_false_finding():
         (q, v),
         ["float64", "bfloat16", "mixed_float16"],
     )
+    assert report.ok, str(report)
+
+
+def test_a_low_precision_variable_s_update_is_held_to_its_own_dtype_s_tolerance():
+    # bfloat16 variables computing in float32: the optimizer's update is bfloat16's.
+    report = check_layer(lambda: keras.layers.Dense(3), X, ["params=bfloat16,compute=float32"])
     assert report.ok, str(report)

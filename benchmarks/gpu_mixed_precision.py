@@ -16,7 +16,7 @@ under the policies `float32`, `mixed_bfloat16` and `mixed_float16`, from two
 sources, as in `training.py`:
 
 - kpe: built in `kpe.config.policy_scope(kpe.DTypePolicy(name))`, compiled
-  with `kpe.compile`;
+  with `kpe.compile_model`;
 - Keras: built in `kpe.config.policy_scope(keras.DTypePolicy(name))`,
   compiled with plain `model.compile`.
 
@@ -281,7 +281,7 @@ def _build_and_compile(model_name: str, policy_name: str, source: str, size: str
     optimizer = keras.optimizers.Adam(1e-3)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if source == "kpe":
-        kpe.compile(model, optimizer, loss=loss)
+        kpe.compile_model(model, optimizer, loss=loss)
     else:
         model.compile(optimizer=optimizer, loss=loss)
     return model

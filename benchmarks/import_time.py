@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from per_backend import argument_parser, child_or_report, markdown_table, run_child, selected
+from per_backend import argument_parser, child_or_report, report_targets, selected
 
 IMPORT_TARGET_MS = 30.0
 COMMAND_TARGET_S = 1.0
@@ -122,20 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    rows, crashed = [], False
-    for backend in selected(args.backend):
-        backend_rows, _ = run_child(__file__, backend, ["--rounds", str(args.rounds)])
-        crashed |= backend_rows is None
-        rows += backend_rows or []
-    cells = [
-        [r["backend"], r["case"], r["value"], r["target"], "yes" if r["met"] else "no"]
-        for r in rows
-    ]
-    print(markdown_table(("Backend", "Case", "Median", "Target", "Met"), cells))
-    missed = [f"{r['backend']}: {r['case']}" for r in rows if not r["met"]]
-    if missed:
-        print("\nMissed targets:\n" + "\n".join(f"- {m}" for m in missed))
-    return 1 if crashed else 0  # a missed target is a result, not a failure
+    flags = ["--rounds", str(args.rounds)]
+    return report_targets(__file__, selected(args.backend), flags, "Median")
 
 
 if __name__ == "__main__":

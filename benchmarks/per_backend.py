@@ -28,6 +28,14 @@ def argument_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def at_least_one(text: str) -> int:
+    """An `argparse` type: an int >= 1 (`--rounds`, `--megabytes`), else a usage error."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
 def child_or_report(
     args: argparse.Namespace,
     measure: Callable[[argparse.Namespace], Any],
@@ -77,3 +85,26 @@ def markdown_table(header: tuple[str, ...], rows: list[list[str]]) -> str:
     """A Markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def report_targets(script: str, backends: list[str], flags: list[str], value_header: str) -> int:
+    """Runs `script`'s child per backend, prints its rows and the missed targets.
+
+    Each row is a dict with `backend`, `case`, `value`, `target` and `met`.
+    Returns the script's exit status: 1 when a child failed, else 0 (a missed
+    target is a result, not a failure).
+    """
+    rows, crashed = [], False
+    for backend in backends:
+        backend_rows, _ = run_child(script, backend, flags)
+        crashed |= backend_rows is None
+        rows += backend_rows or []
+    cells = [
+        [r["backend"], r["case"], r["value"], r["target"], "yes" if r["met"] else "no"]
+        for r in rows
+    ]
+    print(markdown_table(("Backend", "Case", value_header, "Target", "Met"), cells))
+    missed = [f"{r['backend']}: {r['case']}" for r in rows if not r["met"]]
+    if missed:
+        print("\nMissed targets:\n" + "\n".join(f"- {m}" for m in missed))
+    return 1 if crashed else 0

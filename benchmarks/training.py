@@ -6,7 +6,7 @@ import), for the models `sequential_mlp`, `functional_conv`,
 policies `float32`, `mixed_float16` and `mixed_bfloat16`, from two sources:
 
 - kpe: built in `kpe.config.policy_scope(kpe.DTypePolicy(name))`, compiled
-  with `kpe.compile` (loss scaling keyed on dtypes, kpe's floored
+  with `kpe.compile_model` (loss scaling keyed on dtypes, kpe's floored
   `LossScaleOptimizer`);
 - Keras: built in `kpe.config.policy_scope(keras.DTypePolicy(name))` (the
   Keras policy instance is used as given), compiled with plain
@@ -103,7 +103,7 @@ def _build_and_compile(model_name: str, policy_name: str, source: str):
         model = BUILDERS[model_name]()
     optimizer = keras.optimizers.Adam(1e-3)
     if source == "kpe":
-        kpe.compile(model, optimizer, loss="mse")
+        kpe.compile_model(model, optimizer, loss="mse")
     else:
         model.compile(optimizer=optimizer, loss="mse")
     return model

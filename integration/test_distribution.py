@@ -114,7 +114,7 @@ def test_loss_scaling_follows_dtypes_and_agrees_with_one_device(facts, scenario,
         assert run["optimizer"] == "keras.src.optimizers.sgd.SGD"
         assert run["scales"] == [None] * len(run["losses"])
         return
-    assert run["optimizer"] == "keras_policy_ext.scaled_fit.LossScaleOptimizer"
+    assert run["optimizer"] == "keras_policy_ext.loss_scale.optimizer.LossScaleOptimizer"
     assert run["scales"] == single["scales"]  # the same steps skipped (halved), the same scale
     initial = SCENARIOS[scenario][2] or 2.0**15
     halvings = [b < a for a, b in zip([initial, *run["scales"]], run["scales"])]

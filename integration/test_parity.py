@@ -26,7 +26,7 @@ def final_loss(name, policy):
     with kpe.config.policy_scope(policy):
         model = BUILDERS[name]()
     model.set_weights(weights)
-    kpe.compile(model, keras.optimizers.Adam(5e-3), loss="mse")
+    kpe.compile_model(model, keras.optimizers.Adam(5e-3), loss="mse")
     x, y = data(name, n=64)
     losses = model.fit(x, y, batch_size=16, epochs=EPOCHS, verbose=0, shuffle=False)
     losses = losses.history["loss"]

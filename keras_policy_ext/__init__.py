@@ -8,7 +8,7 @@ scale optimizer) with Keras at once, so that `keras.saving.load_model`
 reads files that name them.
 
 >>> import keras, keras_policy_ext as kpe
->>> with kpe.config.policy_scope("mixed_bfloat16"):
+>>> with kpe.policy_scope("mixed_bfloat16"):
 ...     layer = keras.layers.Dense(4)
 >>> layer.dtype_policy
 <DTypePolicy "mixed_bfloat16">
@@ -16,14 +16,15 @@ reads files that name them.
 
 from __future__ import annotations
 
-import importlib
-import sys
-from typing import Any
+import importlib as _importlib
+import sys as _sys
+import warnings as _warnings
 
 # Public name -> the module that defines it.
 _EXPORTS = {
     "DTypePolicy": "policy",
     "FloatDTypePolicy": "policy",
+    "policy_scope": "config",
     "install": "plugin",
     "installed": "plugin",
     "is_installed": "plugin",
@@ -35,35 +36,38 @@ _EXPORTS = {
     "retarget": "retargeting",
     "load_model": "saving",
     "save_model": "saving",
-    "LossScaleOptimizer": "scaled_fit",
-    "compile": "scaled_fit",
-    "needs_loss_scaling": "scaled_fit",
+    "LossScaleOptimizer": "loss_scale.optimizer",
+    "compile_model": "loss_scale.optimizer",
+    "needs_loss_scaling": "loss_scale.optimizer",
     "validate": "validation",
     "Validation": "validation",
     "PolicyRefusedError": "validation",
 }
+# Old name -> the public name that replaced it (each access warns).
+_DEPRECATED = {"compile": "compile_model"}
 # Modules users reach as `kpe.<name>`.
 _MODULES = (
     "backends",
     "config",
     "dtype_policies",
-    "internals",
     "loss_scale",
     "mixed_precision",
     "models",
     "plugin",
     "policy",
+    "roles",
     "rules",
     "saving",
     "testing",
 )
+# Reachable as `kpe.internals` (tests, the checker), not part of the public face.
+_HIDDEN_MODULES = ("internals",)
 # Modules that register classes with Keras's serialization.
-_REGISTERING = ("policy", "rules", "scaled_fit")
+_REGISTERING = ("policy", "rules", "loss_scale.optimizer")
 
-# `compile` stays `kpe.compile`, out of `import *` (it is a builtin's name);
-# `FloatDTypePolicy` is an alias of `DTypePolicy`.
+# `FloatDTypePolicy` is an alias of `DTypePolicy`, left out of `import *`.
 __all__ = [
-    *(name for name in _EXPORTS if name not in ("compile", "FloatDTypePolicy")),
+    *(name for name in _EXPORTS if name != "FloatDTypePolicy"),
     "config",
     "dtype_policies",
     "loss_scale",
@@ -72,13 +76,23 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        module = _importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        value = getattr(module, name)
         globals()[name] = value
         return value
-    if name in _MODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name]
+        _warnings.warn(
+            f"kpe.{name} is deprecated: it shadows Python's builtin {name}(); "
+            f"use kpe.{new}, which takes the same arguments.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return __getattr__(new)
+    if name in _MODULES or name in _HIDDEN_MODULES:
+        return _importlib.import_module(f"{__name__}.{name}")
     if name == "__version__":
         from importlib.metadata import version
 
@@ -88,9 +102,10 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS, *_MODULES, "__version__"})
+    dunders = {n for n in globals() if n.startswith("__") and n.endswith("__")}
+    return sorted({*dunders, *_EXPORTS, *_MODULES, "__version__"})
 
 
-if "keras" in sys.modules:
+if "keras" in _sys.modules:
     for _module in _REGISTERING:
-        importlib.import_module(f"{__name__}.{_module}")
+        _importlib.import_module(f"{__name__}.{_module}")

@@ -47,7 +47,7 @@ from collections.abc import Iterator
 import keras
 
 from keras_policy_ext import internals
-from keras_policy_ext.global_state import STATE
+from keras_policy_ext._state import STATE
 from keras_policy_ext.policy import DTypePolicy, as_policy
 from keras_policy_ext.rules import Rules
 
@@ -72,6 +72,10 @@ class Snapshot:
 def snapshot() -> Snapshot:
     """The global policy state here, for `restore` (tests, `kpe.testing.clean_state`).
 
+    Returns:
+        A `Snapshot`: kpe's default and the calling thread's Keras global
+        policy, the very objects.
+
     >>> import keras_policy_ext as kpe
     >>> saved = kpe.config.snapshot()
     >>> kpe.config.set_dtype_policy("mixed_float16")
@@ -83,7 +87,18 @@ def snapshot() -> Snapshot:
 
 
 def restore(saved: Snapshot) -> None:
-    """Puts back kpe's default and this thread's Keras global policy (the very objects)."""
+    """Puts back kpe's default and this thread's Keras global policy (the very objects).
+
+    Args:
+        saved: what `snapshot()` returned.
+
+    >>> import keras_policy_ext as kpe
+    >>> saved = kpe.config.snapshot()
+    >>> kpe.config.set_dtype_policy("bfloat16")
+    >>> kpe.config.restore(saved)
+    >>> kpe.config.dtype_policy().name
+    'float32'
+    """
     with STATE.lock:
         STATE.default = saved.default
         internals.set_keras_global_policy(saved.keras_global)
@@ -145,6 +160,10 @@ def dtype_policy() -> keras.DTypePolicy:
     Until `set_dtype_policy` is called (and after `keras.utils.clear_session()`),
     the default is the float policy of `keras.config.floatx()`.
 
+    Returns:
+        A `keras.DTypePolicy`: the innermost `policy_scope`'s policy in this
+        thread or asyncio task, else the process-wide default.
+
     >>> import keras_policy_ext as kpe
     >>> kpe.config.dtype_policy()
     <DTypePolicy "float32">
@@ -162,11 +181,17 @@ def dtype_policy() -> keras.DTypePolicy:
 def set_dtype_policy(policy: keras.DTypePolicy | str) -> None:
     """Sets the process-wide default policy, seen by every thread.
 
-    `policy` is a policy name or a `keras.DTypePolicy` instance (used as
-    given). Bad input raises `ValueError` / `TypeError` and changes
-    nothing. Without the plugin, this also sets Keras's own global of the
-    calling thread (once the scopes open there have closed), for stock
-    layers built there; with it, Keras's own global is left alone.
+    Without the plugin, this also sets Keras's own global of the calling
+    thread (once the scopes open there have closed), for stock layers built
+    there; with it, Keras's own global is left alone.
+
+    Args:
+        policy: a policy name (`"mixed_bfloat16"`, a role name such as
+            `"p=f32,c=bf16"`) or a `keras.DTypePolicy` instance, used as given.
+
+    Raises:
+        ValueError: an unknown policy name, or `None`; nothing changes.
+        TypeError: neither a name nor a `keras.DTypePolicy`; nothing changes.
 
     >>> import keras, keras_policy_ext as kpe
     >>> kpe.config.set_dtype_policy("mixed_bfloat16")
@@ -183,6 +208,10 @@ def set_dtype_policy(policy: keras.DTypePolicy | str) -> None:
 
 def scoped_rules() -> Rules | None:
     """The `keras_policy_ext.Rules` of the innermost scope here, or `None`.
+
+    Returns:
+        The `Rules` of the innermost `policy_scope(rules=...)` open in this
+        thread or asyncio task, else `None`.
 
     >>> import keras_policy_ext as kpe
     >>> kpe.config.scoped_rules() is None
@@ -209,8 +238,24 @@ def policy_scope(
     per-thread global, which the scope restores on exit to the very object
     it found (see the module's docstring).
 
+    Args:
+        policy: the policy in force inside the block: a name or a
+            `keras.DTypePolicy`; `None` with `rules` takes the rules'
+            default, else the policy in force.
+        rules: a `keras_policy_ext.Rules`, or `None`.
+
+    Returns:
+        A context manager; its `with` target is the policy in force inside
+        the block, as a `keras.DTypePolicy`.
+
+    Raises:
+        ValueError: neither `policy` nor `rules`, or an unknown policy name.
+        TypeError: `policy` or `rules` of the wrong type.
+        RuntimeError: `rules` without the plugin installed (rules act when
+            Keras builds a layer, through the plugin).
+
     >>> import keras, keras_policy_ext as kpe
-    >>> with kpe.config.policy_scope("mixed_float16") as policy:
+    >>> with kpe.policy_scope("mixed_float16") as policy:
     ...     keras.layers.Dense(4).dtype_policy
     <DTypePolicy "mixed_float16">
     >>> kpe.config.dtype_policy()

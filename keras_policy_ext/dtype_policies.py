@@ -24,10 +24,18 @@ _KERAS_FLOAT_CLASSES = ("DTypePolicy", "FloatDTypePolicy")
 def get(identifier: Any = None) -> keras.DTypePolicy:
     """Returns a policy for a layer's `dtype=` argument.
 
-    `None` gives the policy in force (`keras_policy_ext.config.dtype_policy()`);
-    a name gives a kpe policy, or Keras's quantized policy for a quantized
-    name (`"int8_from_float32"`, ...); a `keras.DTypePolicy` is returned as
-    it is; a dict is deserialized; a dtype object gives that dtype's policy.
+    Args:
+        identifier: `None` for the policy in force
+            (`keras_policy_ext.config.dtype_policy()`); a name, for a kpe
+            policy (or Keras's quantized policy for a quantized name such as
+            `"int8_from_float32"`); a `keras.DTypePolicy`, returned as it is;
+            a dict, deserialized; a dtype object, for that dtype's policy.
+
+    Returns:
+        A `keras.DTypePolicy`.
+
+    Raises:
+        ValueError: an unknown name, or a value that is none of the above.
 
     >>> import keras_policy_ext as kpe
     >>> kpe.dtype_policies.get("mixed_bfloat16")
@@ -56,6 +64,12 @@ def get(identifier: Any = None) -> keras.DTypePolicy:
 def serialize(policy: keras.DTypePolicy) -> dict:
     """Returns the Keras serialization dict of a policy.
 
+    Args:
+        policy: a `keras.DTypePolicy` (kpe's or Keras's).
+
+    Returns:
+        A dict, as `keras.saving.serialize_keras_object` writes it.
+
     >>> import keras_policy_ext as kpe
     >>> config = kpe.dtype_policies.serialize(kpe.DTypePolicy("float16"))
     >>> config["registered_name"], config["config"]
@@ -69,6 +83,17 @@ def deserialize(config: dict, custom_objects: dict | None = None) -> keras.DType
 
     Keras's own float policies come back as kpe policies; quantized ones and
     `DTypePolicyMap`s stay Keras's.
+
+    Args:
+        config: a dict from `serialize` (or from
+            `keras.dtype_policies.serialize`).
+        custom_objects: classes to resolve by name, as Keras takes them.
+
+    Returns:
+        A `keras.DTypePolicy`.
+
+    Raises:
+        TypeError: what Keras raises for a class it cannot locate.
 
     >>> import keras, keras_policy_ext as kpe
     >>> config = keras.dtype_policies.serialize(keras.DTypePolicy("float16"))

@@ -20,6 +20,12 @@ from keras_policy_ext.policy import DTypePolicy
 def sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     """Every layer nested in `layer` (not `layer` itself), depth first.
 
+    Args:
+        layer: a Keras layer or model.
+
+    Returns:
+        A list of layers, sublayers of sublayers included.
+
     >>> import keras, keras_policy_ext as kpe
     >>> mha = keras.layers.MultiHeadAttention(2, 4)
     >>> _ = mha(keras.ops.ones((1, 3, 8)), keras.ops.ones((1, 3, 8)))
@@ -37,6 +43,16 @@ def with_float32_outputs(model: keras.Model) -> keras.Model:
     Sequential models; the layers are shared, not copied. The inputs and
     outputs keep their structure (a dict of outputs stays a dict with the same
     keys, nested lists stay nested), so `compile(loss={...})` still applies.
+
+    Args:
+        model: a functional or Sequential `keras.Model`.
+
+    Returns:
+        A new `keras.Model` sharing `model`'s layers, with float32 outputs.
+
+    Raises:
+        TypeError: a subclassed model (it has no symbolic outputs).
+        ValueError: a Sequential model without inputs yet.
 
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):

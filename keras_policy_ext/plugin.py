@@ -13,7 +13,7 @@ each against the installed Keras first):
   rules govern it (`keras_policy_ext.rules`).
 - `Model.compile` (`keras.src.trainers.trainer.Trainer.compile`): wrapped so
   that `auto_scale_loss` scales by dtypes, with kpe's floored
-  `LossScaleOptimizer` (`keras_policy_ext.scaled_fit`).
+  `LossScaleOptimizer` (`keras_policy_ext.loss_scale.optimizer`).
 
 and, for user code, the public names bound to those functions:
 `keras.config.{dtype_policy, set_dtype_policy}`,
@@ -35,15 +35,16 @@ exits.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import keras
 
-from keras_policy_ext import config, dtype_policies, internals, rules, scaled_fit
+from keras_policy_ext import config, dtype_policies, internals, rules
 from keras_policy_ext.internals import fixes, versions
+from keras_policy_ext.loss_scale.optimizer import scaled_optimizer
 from keras_policy_ext.validation import PolicyRefusedError
 
 
@@ -77,16 +78,19 @@ def _compiler(original: Callable) -> Callable:
     """kpe's `Model.compile` around Keras's `original`.
 
     Each `install()` makes one that holds the `compile` it wraps, so that a
-    call that started before `uninstall()` still finishes.
+    call that started before `uninstall()` still finishes. It carries the
+    original's name, signature and docstring (`functools.wraps`), so that
+    `help(model.compile)` and IDEs read Keras's while the plugin is in place.
     """
 
-    def _compile(self: keras.Model, optimizer: Any = "rmsprop", *args: Any, **kwargs: Any) -> None:
-        """`Model.compile`, loss-scaling by dtypes (`keras_policy_ext.compile`)."""
+    @functools.wraps(original)
+    def compile(self: keras.Model, optimizer: Any = "rmsprop", *args: Any, **kwargs: Any) -> None:
+        # `Model.compile`, loss-scaling by dtypes (`keras_policy_ext.compile_model`).
         auto_scale_loss = kwargs.pop("auto_scale_loss", True)
-        optimizer = scaled_fit.scaled_optimizer(self, optimizer, auto_scale_loss)
+        optimizer = scaled_optimizer(self, optimizer, auto_scale_loss)
         return original(self, optimizer, *args, auto_scale_loss=False, **kwargs)
 
-    return _compile
+    return compile
 
 
 _GLOBAL = internals.GLOBAL_POLICY_MODULE
@@ -200,6 +204,9 @@ def uninstall() -> None:
 def is_installed() -> bool:
     """Whether the plugin is installed.
 
+    Returns:
+        `True` while an `install()` stands or an `installed()` block is open.
+
     >>> import keras_policy_ext as kpe
     >>> kpe.is_installed()
     False
@@ -218,13 +225,25 @@ def installed_explicitly() -> bool:
     return _explicit
 
 
-@contextlib.contextmanager
-def installed() -> Iterator[None]:
-    """Installs the plugin for a block, counting blocks across threads.
+class installed:  # noqa: N801 (a function's name: users call `kpe.installed()`)
+    """Installs the plugin for a `with` block, counting blocks across threads.
 
-    The plugin stays while any block is open or an explicit `install()`
-    stands: a block exiting never removes it under another thread's block,
-    nor undoes an `install()`.
+    The plugin patches Keras for the whole process, not for the block's
+    code alone: while any block is open (in any thread) or an explicit
+    `install()` stands, every layer built anywhere resolves its policy
+    through kpe. A block exiting never removes the plugin under another
+    thread's block, nor undoes an `install()`.
+
+    `installed()` is a context manager, not a question: use it only as
+    `with kpe.installed():`; to ask whether the plugin is in place, call
+    `kpe.is_installed()`. Its truth value is an error, so that
+    `if kpe.installed():` fails at once instead of being always true.
+
+    Entering the block installs the plugin (unless a block or `install()`
+    already did); its `with` target is `None`.
+
+    Raises:
+        TypeError: when its truth value is asked (`if kpe.installed():`).
 
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.installed():
@@ -232,15 +251,29 @@ def installed() -> Iterator[None]:
     True
     >>> kpe.is_installed()
     False
+    >>> if kpe.installed():
+    ...     pass
+    Traceback (most recent call last):
+    ...
+    TypeError: kpe.installed() is a context manager: write `with kpe.installed():` ...
     """
-    global _blocks
-    with _lock:
-        _activate()
-        _blocks += 1
-    try:
-        yield
-    finally:
+
+    def __enter__(self) -> None:
+        global _blocks
+        with _lock:
+            _activate()
+            _blocks += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _blocks
         with _lock:
             _blocks -= 1
             if not _blocks and not _explicit:
                 _deactivate()
+
+    def __bool__(self) -> bool:
+        raise TypeError(
+            "kpe.installed() is a context manager: write `with kpe.installed():` to "
+            "install the plugin for a block; to ask whether it is installed, call "
+            "kpe.is_installed()."
+        )

@@ -8,8 +8,8 @@ from typing import Any
 import keras
 from keras import ops
 
-from keras_policy_ext import grammar, internals
-from keras_policy_ext.global_state import STATE
+from keras_policy_ext import internals, roles
+from keras_policy_ext._state import STATE
 
 # Policy names that are not a single dtype: name -> (compute, variable).
 MIXED_POLICIES = {
@@ -62,7 +62,7 @@ def parse_name(name: Any) -> tuple[str, str, str]:
     """Returns `(name, compute_dtype, variable_dtype)` for a policy name.
 
     Keras's names keep their spelling; a role-grammar spec
-    (`keras_policy_ext.grammar`) gets its canonical name. Raises what Keras
+    (`keras_policy_ext.roles`) gets its canonical name. Raises what Keras
     raises for the same name: `TypeError` for a non-string, `ValueError`
     (with Keras's message first) for an unknown one.
     """
@@ -71,8 +71,8 @@ def parse_name(name: Any) -> tuple[str, str, str]:
             "'name' must be a string, such as 'mixed_float16'. "
             f"Received: name={name!r} (of type {type(name)})"
         )
-    if grammar.is_role_spec(name):
-        return grammar.parse_roles(name)
+    if roles.is_role_spec(name):
+        return roles.parse_roles(name)
     if name in MIXED_POLICIES:
         return (name, *MIXED_POLICIES[name])
     try:
@@ -131,16 +131,26 @@ def _field(field: str, doc: str) -> property:
 class DTypePolicy(keras.DTypePolicy):
     """An immutable dtype policy that stock Keras layers accept.
 
-    `name` is a Keras policy name (`"float32"`, `"mixed_float16"`,
-    `"mixed_bfloat16"`, any dtype name Keras accepts), or roles as jmp
-    writes them (`"params=float32,compute=bfloat16"`, `"p=f32,c=bf16"`; see
-    `keras_policy_ext.grammar`); `None` takes the name of the current
-    `keras_policy_ext.config.dtype_policy()`. `DTypePolicy(str(p)) == p`.
-
     Equality means "same non-quantized dtypes": a policy equals any
     non-quantized `keras.DTypePolicy`, kpe's or Keras's, with the same
     `compute_dtype` and `variable_dtype`, in either operand order. Policies
-    are hashable (consistently with `==`), picklable and never mutated.
+    are hashable (consistently with `==`) and picklable; their name and
+    dtypes never change, and setting an attribute is an `AttributeError`
+    (the one mark a policy object takes is the `kpe.Rules` that made it,
+    set once when those rules create it: `kpe.rules.owner_of`).
+    `DTypePolicy(str(p)) == p`.
+
+    Args:
+        name: a Keras policy name (`"float32"`, `"mixed_float16"`,
+            `"mixed_bfloat16"`, any dtype name Keras accepts), or roles as
+            jmp writes them (`"params=float32,compute=bfloat16"`,
+            `"p=f32,c=bf16"`; see `keras_policy_ext.roles`); `None` takes
+            the name of the current `keras_policy_ext.config.dtype_policy()`.
+
+    Raises:
+        TypeError: `name` is not a string (nor `None`).
+        ValueError: an unknown name, with Keras's message first and the
+            valid names after.
 
     >>> import keras, keras_policy_ext as kpe
     >>> policy = kpe.DTypePolicy("mixed_float16")
@@ -207,6 +217,14 @@ class DTypePolicy(keras.DTypePolicy):
         backend tensor, as Keras does) and Python scalars (returned as they
         are). Integer and boolean inputs are never cast; a tensor that needs
         no cast is returned itself.
+
+        Args:
+            x: one input of a layer's call.
+            autocast: whether the layer casts its inputs (`layer.autocast`).
+            dtype: the dtype to cast to (the layer's `input_dtype`).
+
+        Returns:
+            `x`, cast to `dtype` when it is floating and `autocast` is true.
 
         >>> import keras, numpy as np, keras_policy_ext as kpe
         >>> policy = kpe.DTypePolicy("mixed_bfloat16")

@@ -73,12 +73,25 @@ def retarget(
     models' included. Works for Sequential, functional and registered
     subclassed models (those that round-trip through `get_config` /
     `from_config`). The weights are carried over, cast to the new variable
-    dtypes; `model` is untouched. The new model is not compiled.
+    dtypes; `model` is untouched. The new model is not compiled
+    (`kpe.load_model` compiles it as the file was saved).
 
-    A policy whose variable dtype cannot hold float weights (`"int32"`),
-    or a cast that would turn a finite weight into inf or nan (float32
-    weights above 65504 into float16), is a `ValueError`; an argument of
-    the wrong type is a `TypeError`.
+    Args:
+        model: the `keras.Model` to rebuild.
+        policy: a policy (or its name), or `kpe.Rules` with a default.
+        keep: names of layers that keep their policies.
+
+    Returns:
+        A new, built `keras.Model` with `model`'s weights, cast.
+
+    Raises:
+        ValueError: a policy whose variable dtype cannot hold float weights
+            (`"int32"`), a cast that would turn a finite weight into inf or
+            nan (float32 weights above 65504 into float16), a quantized
+            policy or a `DTypePolicyMap`, rules without a default, a `keep`
+            name the model lacks, or a model that cannot be rebuilt from its
+            config.
+        TypeError: an argument of the wrong type.
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):

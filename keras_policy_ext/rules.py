@@ -366,11 +366,20 @@ def _import_trusted(module: str, qualname: str) -> Any:
 class Rule:
     """Picks `policy` for the layers that meet every criterion given.
 
-    `policy`: a policy name or object, Keras's quantized ones included
-    (`"int8_from_mixed_bfloat16"`, built by Keras). `layer`: a layer class
-    (subclasses match too); `name`, `path`: a glob string or a compiled `re`
-    pattern (its flags kept), matched in full against the layer's name and
-    the path it is built under. `reason` documents the rule.
+    Args:
+        policy: a policy name or object, Keras's quantized ones included
+            (`"int8_from_mixed_bfloat16"`, built by Keras).
+        layer: a layer class (subclasses match too).
+        name: a glob string or a compiled `re` pattern (its flags kept),
+            matched in full against the layer's name.
+        path: the same, against the path the layer is built under.
+        reason: why the rule exists; `kpe.explain` shows it.
+
+    Raises:
+        TypeError: `layer` is not a `keras.layers.Layer` subclass, or a
+            policy of the wrong kind (a `DTypePolicyMap`).
+        ValueError: no criterion (`layer`, `name` or `path`), a bad pattern,
+            or an unknown policy name.
 
     >>> import re, keras, keras_policy_ext as kpe
     >>> kpe.Rule("float32", name=re.compile("(query|key|value)"), reason="demo")
@@ -486,10 +495,20 @@ class Explanation:
 class Rules:
     """Ordered policy rules, first match wins, and a default.
 
-    `default` is the policy of layers no rule matches; `None` leaves it to
-    the scope the rules are used in. Rules compose with `+` (the left
-    operand's rules first, its default kept unless it has none). A rule that
-    an earlier one shadows (it could never match) is a `ValueError`.
+    Rules compose with `+` (the left operand's rules first, its default kept
+    unless it has none). Rules act when Keras builds a layer, through the
+    plugin: use them in `kpe.policy_scope(rules=...)`, `kpe.retarget` or
+    `kpe.load_model`.
+
+    Args:
+        rules: `kpe.Rule`s, tried in order.
+        default: the policy of layers no rule matches; `None` leaves it to
+            the scope the rules are used in.
+
+    Raises:
+        ValueError: a rule that an earlier one shadows (it could never
+            match), or an unknown default policy name.
+        TypeError: an item that is not a `kpe.Rule`.
 
     >>> import keras, keras_policy_ext as kpe
     >>> kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax)], default="mixed_float16")
@@ -519,14 +538,42 @@ class Rules:
         return owned + ([self.default] if self.default is not None else [])
 
     def with_default(self, default: Any) -> Rules:
-        """The same rules with another default."""
+        """The same rules with another default.
+
+        Args:
+            default: the new default policy (a name or a policy), or `None`.
+
+        Returns:
+            A new `Rules`; these are unchanged.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> kpe.rules.FLOAT32_NUMERICS.with_default("mixed_bfloat16").default
+        <DTypePolicy "mixed_bfloat16">
+        """
         return Rules(self.rules, default)
 
     def __add__(self, other: Rules) -> Rules:
         return Rules(self.rules + other.rules, self.default or other.default)
 
     def pick(self, layer_class: type, name: str, path: str | None = None) -> keras.DTypePolicy:
-        """The policy for a layer of that class, name and path (default: name)."""
+        """The policy for a layer of that class, name and path.
+
+        Args:
+            layer_class: the layer's class.
+            name: the layer's name.
+            path: the path it is built under; `None` matches `name`.
+
+        Returns:
+            The first matching rule's policy, else the default.
+
+        Raises:
+            ValueError: no rule matches and there is no default.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> rules = kpe.rules.FLOAT32_NUMERICS.with_default("mixed_float16")
+        >>> rules.pick(keras.layers.Softmax, "attention_scores")
+        <DTypePolicy "float32">
+        """
         index, policy, reason = self.explain(layer_class, name, path)
         if policy is None:
             raise ValueError(
@@ -537,9 +584,23 @@ class Rules:
     def explain(
         self, layer_class: type, name: str, path: str | None = None
     ) -> tuple[int | None, keras.DTypePolicy | None, str]:
-        """`(rule index or None, policy, reason)` for a layer's class, name, path.
+        """Which rule picks the policy for a layer's class, name and path, and why.
 
-        The policy is the default (maybe `None`) when no rule matches.
+        Args:
+            layer_class: the layer's class.
+            name: the layer's name.
+            path: the path it is built under; `None` matches `name`.
+
+        Returns:
+            `(rule index or None, policy, reason)`; the policy is the default
+            (maybe `None`) when no rule matches.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> rules = kpe.Rules([kpe.Rule("float32", name="head*")], default="bfloat16")
+        >>> rules.explain(keras.layers.Dense, "head_logits")[0]
+        0
+        >>> rules.explain(keras.layers.Dense, "hidden")[2]
+        'no rule matched: the default'
         """
         path = name if path is None else path
         for i, rule in enumerate(self.rules):
@@ -551,15 +612,30 @@ class Rules:
     def place(
         self, layer: keras.layers.Layer, path: str, fallback: keras.DTypePolicy
     ) -> keras.DTypePolicy:
-        """Picks `layer`'s policy and records why.
+        """Picks `layer`'s policy and records why, for `kpe.explain`.
 
-        `fallback` is the policy `layer` was built with (its parent's, for a
-        sublayer a composite layer builds), or the policy in force. A layer no
-        rule matches follows its parent when a rule picked the parent's policy
-        (a class rule on a `MultiHeadAttention` reaches its projections and
-        softmax, as Keras's own `dtype=` does), else takes the default, else
-        `fallback`. `path` ends with the layer's name (Keras 3.10 and older
-        resolve a layer's policy before they set `layer.name`).
+        What the plugin calls while Keras builds a layer under rules. A layer
+        no rule matches follows its parent when a rule picked the parent's
+        policy (a class rule on a `MultiHeadAttention` reaches its projections
+        and softmax, as Keras's own `dtype=` does), else takes the default,
+        else `fallback`.
+
+        Args:
+            layer: the layer being built.
+            path: the path it is built under; it ends with the layer's name
+                (Keras 3.10 and older resolve a layer's policy before they set
+                `layer.name`).
+            fallback: the policy `layer` was built with (its parent's, for a
+                sublayer a composite layer builds), or the policy in force.
+
+        Returns:
+            The policy `layer` takes.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> rules = kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax)])
+        >>> layer = keras.layers.Softmax()
+        >>> rules.place(layer, layer.name, kpe.DTypePolicy("mixed_float16"))
+        <DTypePolicy "float32">
         """
         name = path.rpartition("/")[2]
         index, policy, reason = self.explain(type(layer), name, path)
@@ -582,7 +658,20 @@ class Rules:
         """Keras's `DTypePolicyMap` for rules that match on `path` only.
 
         Keras maps paths (exactly, then by regex `fullmatch`), so class and
-        name rules cannot be exported: a `ValueError` names them.
+        name rules cannot be exported.
+
+        Returns:
+            A new `keras.dtype_policies.DTypePolicyMap` (regex flags written
+            inline), with the rules' default as its default.
+
+        Raises:
+            ValueError: a class or name rule (named), or rules without a
+                default.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> rules = kpe.Rules([kpe.Rule("float32", path="model/head")], default="bfloat16")
+        >>> rules.to_dtype_policy_map()["model/head"].name
+        'float32'
         """
         unsupported = [r for r in self.rules if r.layer is not None or r.name is not None]
         if unsupported:
@@ -603,6 +692,12 @@ class Rules:
 
         Exact keys come first, as Keras looks them up first; the others are
         regular expressions matched in full. Quantized policies are kept.
+
+        Args:
+            policy_map: a `keras.dtype_policies.DTypePolicyMap`.
+
+        Returns:
+            A new `Rules` of path rules, with the map's default.
 
         >>> import keras, keras_policy_ext as kpe
         >>> policy_map = keras.dtype_policies.DTypePolicyMap(
@@ -656,6 +751,16 @@ def owner_of(policy: Any) -> Rules | None:
 
 def explain(layer: keras.layers.Layer) -> Explanation:
     """Why `layer` has its policy: the rule that picked it, or that none did.
+
+    Args:
+        layer: a Keras layer.
+
+    Returns:
+        An `Explanation`, whose `str()` reads as one line: the layer, its
+        policy, and the rule (with its reason) or why none applied.
+
+    Raises:
+        TypeError: `layer` is not a `keras.layers.Layer`.
 
     >>> import keras, keras_policy_ext as kpe
     >>> rules = kpe.Rules([kpe.Rule("float32", layer=keras.layers.Softmax,

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -35,10 +37,19 @@ RULES_FILE = "keras_policy_ext.json"
 # policy Keras cannot rebuild from its name: Keras's own loader shows it in
 # its error (it prints the config it failed on) and otherwise ignores it.
 NOTE_KEY = "keras_policy_ext"
+# How much of an archive entry `save_model`'s rewrite holds in memory at once.
+_CHUNK_BYTES = 2**20
 
 
 def rules_of(model: keras.layers.Layer) -> Rules | None:
     """The rules that placed the model or any of its layers, if any.
+
+    Args:
+        model: a `keras.Model` or layer.
+
+    Returns:
+        The `kpe.Rules` whose policy objects the model's layers hold, or
+        `None` for a model built without rules.
 
     >>> import keras, keras_policy_ext as kpe
     >>> rules = kpe.rules.FLOAT32_NUMERICS
@@ -55,13 +66,24 @@ def rules_of(model: keras.layers.Layer) -> Rules | None:
 
 
 def save_model(model: keras.Model, filepath: str | os.PathLike, rules: Rules | None = None) -> None:
-    """`model.save(filepath)`, with `rules` (default: `rules_of(model)`) stored in the file.
+    """Saves a model as `model.save(filepath)` does, with the rules it was built under.
 
-    Rules are stored only in a `.keras` file (another path is a
-    `ValueError`). When a layer's policy has a name Keras cannot parse (a
-    role name such as `"params=bfloat16,compute=float32"`), the file also
-    carries a note that Keras's own loader shows when it fails on it:
-    load such a file with `keras_policy_ext.load_model`.
+    The rules are stored in the `.keras` zip as `keras_policy_ext.json`,
+    which Keras's own loader ignores. When a layer's policy has a name Keras
+    cannot parse (a role name such as `"params=bfloat16,compute=float32"`),
+    the file also carries a note that Keras's own loader shows when it fails
+    on it: load such a file with `keras_policy_ext.load_model`. kpe's
+    entries are added by streaming the archive Keras wrote, never reading
+    the weights whole.
+
+    Args:
+        model: the `keras.Model` to save.
+        filepath: where to save it; a `.keras` path to store rules.
+        rules: the `kpe.Rules` to store; `None` stores `rules_of(model)`.
+
+    Raises:
+        TypeError: `model` is not a `keras.Model`, or `rules` not `kpe.Rules`.
+        ValueError: rules to store in a file that is not `.keras`.
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> rules = kpe.rules.FLOAT32_NUMERICS
@@ -120,15 +142,38 @@ def load_model(
 ) -> keras.Model:
     """Loads a model file, placing its layers by `policy` or by its stored rules.
 
-    `policy` (a policy or `Rules`) retargets the loaded model to it; `None`
-    re-applies the rules `save_model` stored, if any, to the layers they
-    placed (else the model is returned as Keras loads it; files written
-    before kpe stored the other layers' names get the rules on every
-    layer). `kwargs` go to `keras.saving.load_model`; its `custom_objects`
-    and `safe_mode` also govern the stored rules' layer classes. Keras
-    loads the model with the plugin installed (`keras_policy_ext.installed()`),
-    so every policy name kpe writes, role names included, comes back as a
-    kpe policy. A `.keras` file, or any other file Keras loads (`.h5`).
+    Keras loads the model with the plugin installed (`kpe.installed()`), so
+    every policy name kpe writes, role names included, comes back as a kpe
+    policy. Then `policy` retargets the model to it (`kpe.retarget`); without
+    `policy`, the rules `save_model` stored, if any, are re-applied to the
+    layers they placed (files written before kpe stored the other layers'
+    names get the rules on every layer); a file without rules comes back as
+    Keras loads it.
+
+    A file saved compiled comes back compiled in every case: the retargeted
+    model gets the saved optimizer (its state too: step count, moments, loss
+    scale, cast to the new variable dtypes), loss and metrics, so training
+    continues where it stopped. A policy that now computes in float16 wraps
+    the optimizer in `kpe.LossScaleOptimizer` and keeps the inner one's
+    state; where the state cannot be matched, a `RuntimeWarning` says so.
+
+    Args:
+        filepath: a `.keras` file, or any other file Keras loads (`.h5`).
+        policy: `None`, a policy (or its name) or `kpe.Rules` with a
+            default: the policy the loaded model's float layers take.
+        **kwargs: passed to `keras.saving.load_model` (`custom_objects`,
+            `compile`, `safe_mode`); `custom_objects` and `safe_mode` also
+            govern the stored rules' layer classes.
+
+    Returns:
+        The loaded `keras.Model`, compiled if the file was saved compiled
+        (and `compile=False` was not given).
+
+    Raises:
+        ValueError: the file's stored rules are corrupt, or `policy` cannot
+            hold the model (see `kpe.retarget`); what Keras raises for a file
+            it cannot load.
+        TypeError: `policy` is not a policy, a policy name or `kpe.Rules`.
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("mixed_float16"):
@@ -146,14 +191,66 @@ def load_model(
     with plugin.installed():
         model = keras.saving.load_model(filepath, **kwargs)
     if target is not None:
-        return retarget(model, target)
+        return _compiled_like(model, retarget(model, target), filepath)
     if stored is None:
         return model
     rules, keep = stored
     missing = sorted(set(keep) - config_layer_names(model.get_config()))
     if missing:
         raise _invalid(filepath, "keep", f"no layer named {missing} in the model")
-    return retarget(model, rules, keep=keep)
+    return _compiled_like(model, retarget(model, rules, keep=keep), filepath)
+
+
+def _compiled_like(loaded: keras.Model, new: keras.Model, filepath: Any) -> keras.Model:
+    """`new` compiled as `loaded` is, with `loaded`'s optimizer state carried over.
+
+    The optimizer, loss, metrics and the other `compile` arguments come from
+    `loaded.get_compile_config()`; each optimizer variable (step count,
+    moments, loss scale) takes the loaded value, cast to the new dtype. When
+    the retargeted model's optimizer holds other variables (a policy that
+    now needs loss scaling wraps the optimizer), the inner optimizers'
+    states are matched; when even those differ, a `RuntimeWarning` says that
+    the optimizer starts afresh and what to do.
+    """
+    if not getattr(loaded, "compiled", False) or getattr(loaded, "optimizer", None) is None:
+        return new
+    with plugin.installed():  # policies change: loss scaling is chosen by the new dtypes
+        new.compile_from_config(loaded.get_compile_config())
+    if getattr(new, "optimizer", None) is None:
+        return new  # a model with its own compile(): Keras's warning says to compile it
+    old_optimizer, new_optimizer = loaded.optimizer, new.optimizer
+    if not old_optimizer.built:
+        return new  # saved before any step: nothing to carry
+    if not new_optimizer.built:
+        new_optimizer.build(new.trainable_variables)
+    scaled = keras.optimizers.LossScaleOptimizer
+    if isinstance(old_optimizer, scaled) != isinstance(new_optimizer, scaled):
+        old_optimizer, new_optimizer = _inner(old_optimizer), _inner(new_optimizer)
+    pairs = list(zip(old_optimizer.variables, new_optimizer.variables))
+    if len(old_optimizer.variables) != len(new_optimizer.variables) or any(
+        tuple(old.shape) != tuple(fresh.shape) for old, fresh in pairs
+    ):
+        warnings.warn(
+            f"kpe.load_model({os.fspath(filepath)!r}): the model is compiled as it was "
+            f"saved, but its optimizer's state ({len(old_optimizer.variables)} variables) "
+            f"does not fit the retargeted model's optimizer "
+            f"({len(new_optimizer.variables)} variables), so training restarts the "
+            "optimizer's state (step count, moments). To keep it, load without "
+            "policy= (keras.saving.load_model) and train under the saved policies.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return new
+    for old, fresh in pairs:
+        fresh.assign(keras.ops.cast(old.value, fresh.dtype))
+    return new
+
+
+def _inner(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    """The optimizer a `LossScaleOptimizer` wraps, else `optimizer`."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return optimizer.inner_optimizer
+    return optimizer
 
 
 def stored_rules(
@@ -164,8 +261,17 @@ def stored_rules(
 ) -> Rules | None:
     """The rules `save_model` stored in a model file, or `None`.
 
-    `custom_objects` and `safe_mode` resolve the rules' layer classes as in
-    `load_model`.
+    Args:
+        filepath: a model file.
+        custom_objects: classes the rules may name, as in `load_model`.
+        safe_mode: as in `load_model`: `False` (a trusted file) lets a
+            rule's `"module:Qualname"` class be imported.
+
+    Returns:
+        The stored `kpe.Rules`, or `None` for a file without them.
+
+    Raises:
+        ValueError: the stored rules are corrupt (the error names the entry).
 
     >>> import os, tempfile, keras, keras_policy_ext as kpe
     >>> rules = kpe.rules.FLOAT32_NUMERICS.with_default("mixed_bfloat16")
@@ -267,19 +373,26 @@ def _note(names: list[str]) -> str:
 
 
 def _rewrite(filepath: str | os.PathLike, entries: dict[str, str], note: str) -> None:
-    """Rewrites the `.keras` zip with `entries` added and `note` in its config.json."""
+    """Rewrites the `.keras` zip with `entries` added and `note` in its config.json.
+
+    Each entry is streamed from the old archive to the new one in chunks, so
+    the weights are never held in memory whole; the new archive replaces the
+    old one only once it is complete.
+    """
     directory = os.path.dirname(os.path.abspath(filepath))
-    with zipfile.ZipFile(filepath) as archive:
-        infos = [(info, archive.read(info)) for info in archive.infolist()]
     fd, tmp = tempfile.mkstemp(suffix=".keras", dir=directory)
     os.close(fd)
     try:
-        with zipfile.ZipFile(tmp, "w") as archive:
-            for info, data in infos:
+        with zipfile.ZipFile(filepath) as source, zipfile.ZipFile(tmp, "w") as archive:
+            for info in source.infolist():
                 if info.filename == "config.json":
                     # First, so that Keras's error shows it before the rest.
-                    data = json.dumps({NOTE_KEY: note, **json.loads(data)}).encode()
-                archive.writestr(info, data)
+                    config = json.loads(source.read(info))
+                    archive.writestr(info, json.dumps({NOTE_KEY: note, **config}).encode())
+                    continue
+                large = info.file_size >= zipfile.ZIP64_LIMIT
+                with source.open(info) as read, archive.open(info, "w", force_zip64=large) as write:
+                    shutil.copyfileobj(read, write, _CHUNK_BYTES)
             for name, text in entries.items():
                 archive.writestr(name, text)
         os.replace(tmp, filepath)

@@ -16,6 +16,11 @@ _FLOAT8 = ("float8_e4m3fn", "float8_e5m2")
 class Validation(NamedTuple):
     """`validate`'s answer: `ok`, and why not when it is not.
 
+    Attributes:
+        ok: whether the backend can honour the policy.
+        reason: why not, naming the policy, the backend and the remedy;
+            empty when `ok`.
+
     >>> import keras_policy_ext as kpe
     >>> ok, reason = kpe.validate("float8_e4m3fn")
     >>> ok, reason.split(":")[0]
@@ -51,10 +56,22 @@ class PolicyRefusedError(ValueError):
 def validate(policy: Any, backend: str | None = None) -> Validation:
     """Says whether `backend` (default: the running one) can honour `policy`.
 
-    Returns `(ok, reason)`; `reason` is empty when `ok`. Float policies are
-    checked: float64 on JAX needs x64 enabled (`JAX_ENABLE_X64=1`), or its
-    float64 variables silently hold float32; float8 is no compute dtype;
-    a non-floating compute dtype cannot run float layers.
+    Float policies are checked: float64 on JAX needs x64 enabled
+    (`JAX_ENABLE_X64=1`), or its float64 variables silently hold float32;
+    float8 is no compute dtype; a non-floating compute dtype cannot run
+    float layers. Quantized policies are Keras's and pass.
+
+    Args:
+        policy: a policy or its name.
+        backend: `"jax"`, `"torch"` or `"tensorflow"`; `None` for the
+            running one. For JAX from another backend's process, x64 is read
+            from `JAX_ENABLE_X64` as JAX reads it.
+
+    Returns:
+        A `Validation`: `(ok, reason)`, `reason` empty when `ok`.
+
+    Raises:
+        ValueError: an unknown backend, or an unknown policy name.
 
     >>> import keras, keras_policy_ext as kpe
     >>> kpe.validate("mixed_bfloat16")

@@ -116,3 +116,11 @@ def test_import_time_run_prints_every_row():
     ], result.stdout
     for row in rows:  # no command row names a loaded backend: they import none
         assert "imports" not in row, row
+
+
+def test_save_memory_small_run_prints_both_rows():
+    result, rows = run("save_memory.py", "--megabytes", "4")
+    assert result.returncode == 0, result.stderr
+    cases = [row.split("|")[2].strip() for row in rows]
+    assert len(cases) == 2 and cases[0].startswith("Keras's model.save"), result.stdout
+    assert cases[1].startswith("kpe's rewrite"), result.stdout

@@ -69,10 +69,11 @@ def test_version_and_info(capsys):
 
 
 def grid(stdout: str) -> list[list[str]]:
-    """The rows of the table under the summary (header and rule left out)."""
+    """The rows of the first table under the summary, kpe's (header and rule left out)."""
     lines = stdout.splitlines()
     start = next(i for i, l in enumerate(lines) if l.split()[:2] == ["layer", "policy"])
-    return [l.split() for l in lines[start + 2 :] if l.strip()]
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return [l.split() for l in lines[start + 2 : end]]
 
 
 def test_check_zoo_layers_that_conform_exits_0():

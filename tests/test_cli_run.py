@@ -126,7 +126,7 @@ def test_keras_findings_fail_the_run_only_when_asked(env):
     first, kpe_line, keras_line = result.stdout.splitlines()[:3]
     assert first.startswith("CONFORMS: 4 cases on " + BACKEND)
     assert kpe_line.strip().startswith("kpe: 0 with findings")
-    assert keras_line.strip().startswith(f"keras: 1 with findings ({BACKEND} 1)")
+    assert keras_line.strip().startswith(f"keras: 1 with findings ({BACKEND}: 1 with findings)")
     assert "--fail-on-keras" in keras_line
     strict = cli("check", "kpe_run_targets:keras_only", *TWO, "--fail-on-keras", env=env)
     assert strict.returncode == 1 and strict.stdout.startswith("DOES NOT CONFORM")

@@ -54,7 +54,7 @@ def test_usage_errors_exit_2(tmp_path):
     for args, message in [
         (["--setup", "import keras", "--setup", "1 +"], "--setup does not compile"),
         (["--timeout", "0"], "expected a number of seconds > 0"),
-        (["--format", "markdown"], "invalid choice: 'markdown'"),
+        (["--format", "html"], "invalid choice: 'html'"),
     ]:
         result = doctest_cli(*args, str(good))
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
@@ -92,3 +92,38 @@ def test_json_junit_and_output(tmp_path):
     suite = ET.fromstring(result.stdout).find("testsuite")
     assert (suite.get("name"), suite.get("tests"), suite.get("failures")) == (BACKEND, "2", "1")
     assert "Expected:\n    3\nGot:\n    2" in suite.find("testcase/failure").text
+
+
+def test_backends_all_in_doctest_and_check(tmp_path):
+    from keras_policy_ext.backends import installed_backends
+
+    good = tmp_path / "good.md"
+    good.write_text(">>> 1 + 1\n2\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_policy_ext", "doctest", "--backends", "all", "--format",
+         "json", str(good)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(json.loads(result.stdout)["backends"]) == installed_backends()
+    # `check` parses it the same way: the run stops at the next usage error, no longer at it.
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_policy_ext", "check", "--backends", "all", "--layers",
+         "NoSuchLayer"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 2 and "no zoo layer matches NoSuchLayer" in result.stderr
+    assert "all" not in result.stderr.split("no zoo layer")[0]
+
+
+def test_format_markdown(tmp_path):
+    (tmp_path / "ok.md").write_text(">>> 1 + 1\n2\n")
+    (tmp_path / "bad.md").write_text("```python\nraise ValueError('boom')\n```\n")
+    result = doctest_cli("--format", "markdown", str(tmp_path / "ok.md"), str(tmp_path / "bad.md"))
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"| file | {BACKEND} |" and lines[1] == "|---|---|"
+    assert f"| {tmp_path / 'ok.md'} | 1 passed |" in lines
+    assert f"| {tmp_path / 'bad.md'} | 1 FAILED of 1 |" in lines
+    assert "ValueError: boom" in result.stdout
+    assert lines[-1] == "**FAILED**: 1 passed, 1 failed, 0 skipped (2 files, 1 backend)"

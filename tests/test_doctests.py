@@ -96,7 +96,7 @@ def test_python_file_docstrings(tmp_path):
     modules = set(sys.modules)
     result = doctests.run_file(path)
     assert counts(result) == (2, 1, 0)
-    assert "in _kpe_doctest_" in result["failures"][0]
+    assert 'mod.py", line 11, in mod.double' in result["failures"][0]
     assert "double(3)" in result["failures"][0]
     assert set(sys.modules) == modules
 
@@ -447,6 +447,15 @@ def test_timeout_per_file_stops_a_hung_file_and_names_its_example(tmp_path):
     assert counts(later) == (1, 0, 0) and later["error"] is None
 
 
+def test_timeout_names_the_hung_code_block_s_line(tmp_path):
+    hang = write(tmp_path / "hang.md", "```python\nx = 1\nwhile True:\n    pass\n```\n")
+    [hung] = doctests.run_files([hang], [BACKEND], timeout=3)[BACKEND]
+    assert "timed out after 3 s" in hung["error"]
+    assert "in the code block at line 4 of hang.md" in hung["error"] or (
+        "at line 3 of hang.md" in hung["error"]
+    ), hung["error"]
+
+
 def test_status_and_formats():
     ok = {"file": "a.md", "backend": BACKEND, "attempted": 2, "failed": 0, "skipped": 1,
           "failures": [], "error": None}  # fmt: skip
@@ -481,3 +490,177 @@ def test_skip_without_a_library_skips_only_where_it_is_not_installed(tmp_path, l
     assert (result["attempted"], result["failed"], result["skipped"]) == (
         (2, 1, 0) if installed else (1, 0, 1)
     ), result
+
+
+# --- Tutorial-style pages: prompt-less code blocks (issue 22) -------------------
+
+TUTORIAL = """\
+# A tutorial
+
+Prose, then code as keras.io writes it:
+
+```python
+import keras
+import numpy as np
+
+steps = []
+```
+
+More prose; the next block sees what the first one defined.
+
+```python
+steps.append(len(steps))
+x = np.ones((2, 3), "float32")
+```
+
+A `>>>` example in the same page shares the namespace, in order:
+
+```pycon
+>>> steps
+[0]
+```
+
+```python
+steps.append(keras.ops.convert_to_numpy(keras.ops.sum(x)).item())
+assert steps == [0, 6.0], steps
+```
+"""
+
+
+def test_prompt_less_blocks_run_in_order_as_one_script_and_count(tmp_path):
+    result = doctests.run_file(write(tmp_path / "tutorial.md", TUTORIAL))
+    assert result["error"] is None and result["failures"] == []
+    assert counts(result) == (4, 0, 0)  # three blocks and one example
+
+
+def test_a_failing_prompt_less_block_fails_with_the_file_s_line_and_stops_the_script(tmp_path):
+    text = TUTORIAL.replace('x = np.ones((2, 3), "float32")', "x = 1 / 0")
+    result = doctests.run_file(write(tmp_path / "tutorial.md", text))
+    assert counts(result) == (2, 1, 0)  # the two blocks that ran; nothing after the failure
+    [failure] = result["failures"]
+    assert 'tutorial.md", line 16' in failure and "x = 1 / 0" in failure
+    assert "ZeroDivisionError: division by zero" in failure
+    assert "2 later examples did not run" in failure
+
+
+def test_the_tutorial_page_builds_trains_and_saves_under_mixed_precision():
+    result = doctests.run_file(str(ROOT / "docs" / "tutorial_mixed_precision.md"))
+    assert result["error"] is None and result["failures"] == [], "".join(result["failures"])
+    assert counts(result) == (7, 0, 0)  # every block of the page ran
+
+
+def test_a_prompt_less_block_that_does_not_compile_is_its_failure(tmp_path):
+    text = "# A signature, not code\n\n```python\nkpe.Rule(policy, *, layer=None)\n```\n"
+    result = doctests.run_file(write(tmp_path / "doc.md", text))
+    assert counts(result) == (1, 1, 0) and result["error"] is None
+    assert 'doc.md", line 4' in result["failures"][0]
+    assert "SyntaxError" in result["failures"][0]
+
+
+def test_prompt_less_blocks_opt_out_by_info_string_or_html_comment(tmp_path):
+    text = (
+        "```python notest\nraise RuntimeError('a fragment')\n```\n\n"
+        "<!-- skip: next -->\n\n```python\nraise RuntimeError('also not run')\n```\n\n"
+        "<!-- skip: next -->\n```pycon\n>>> raise RuntimeError('nor this')\n```\n\n"
+        "```python\nran = True\n```\n\n```py\nassert ran\n```\n"
+    )
+    result = doctests.run_file(write(tmp_path / "doc.md", text))
+    assert counts(result) == (2, 0, 0), result["failures"]
+
+
+def test_a_prompt_less_block_skipped_on_a_backend(tmp_path):
+    text = (
+        f"```python\n# doctest: +SKIP_{BACKEND.upper()}\nraise RuntimeError\n```\n\n"
+        f"```python\n# doctest: +SKIP_{OTHER.upper()}\nran = 1\n```\n"
+    )
+    result = doctests.run_file(write(tmp_path / "doc.md", text))
+    assert counts(result) == (1, 0, 1), result["failures"]
+
+
+def test_only_python_fences_run_prompt_less(tmp_path):
+    text = (
+        "```\nnot python: output or a shell line\n```\n\n"
+        "```bash\nexit 1\n```\n\n```text\nraise\n```\n\n"
+        "```python\nx = 1\n```\n"
+    )
+    assert counts(doctests.run_file(write(tmp_path / "doc.md", text))) == (1, 0, 0)
+
+
+def test_rst_prompt_less_code_block_runs_with_the_file_s_line_numbers(tmp_path):
+    text = (
+        "Title\n=====\n\n.. code-block:: python\n\n   x = 2\n   assert x == 3, x\n\n"
+        ".. code-block:: python\n\n   never = 1\n"
+    )
+    result = doctests.run_file(write(tmp_path / "doc.rst", text))
+    assert counts(result) == (1, 1, 0)
+    assert 'doc.rst", line 7' in result["failures"][0]
+    assert "AssertionError: 2" in result["failures"][0]
+
+
+def test_prompt_less_fences_in_docstrings_do_not_run(tmp_path):
+    path = write(
+        tmp_path / "mod.py",
+        '''\
+        def f():
+            """Keras's docstrings show fragments in prompt-less fences.
+
+            ```python
+            model.fit(x, y)  # not runnable here
+            ```
+
+            >>> 1 + 1
+            2
+            """
+        ''',
+    )
+    assert counts(doctests.run_file(path)) == (1, 0, 0)
+
+
+def test_a_page_with_nothing_to_run_is_never_passed(tmp_path):
+    nothing = write(tmp_path / "prose.md", "# Prose\n\n```bash\npip install it\n```\n")
+    good = write(tmp_path / "good.md", ">>> 1\n1\n")
+    result = doctests.run_file(nothing)
+    assert counts(result) == (0, 0, 0) and result["examples"] == 0
+    results = {BACKEND: [result, doctests.run_file(good)]}
+    report = doctests.format_report(results)
+    assert f"{BACKEND}: nothing to run" in report and "0 passed" not in report.splitlines()[0]
+    assert doctests.status(results) == 2
+    assert "nothing to run in prose.md" in doctests.summary(results)
+    assert "no >>> example and no ```python block" in doctests.summary(results)
+
+
+# --- A stand-alone module is imported once, by its own name (issue 22) --------
+
+
+REGMOD = '''\
+"""A stand-alone module whose examples import it by name.
+
+>>> import regmod
+>>> isinstance(regmod.Twice(), Twice)
+True
+>>> regmod.__name__, __name__
+('regmod', 'regmod')
+"""
+
+
+class Twice:
+    """>>> Twice() is None
+    True
+    """
+'''
+
+
+def test_a_stand_alone_module_is_imported_once_by_its_own_name(tmp_path):
+    path = write(tmp_path / "regmod.py", REGMOD)
+    modules, syspath = set(sys.modules), list(sys.path)
+    result = doctests.run_file(path)
+    assert counts(result) == (4, 1, 0), result["failures"]
+    [failure] = result["failures"]
+    assert 'regmod.py", line 12, in regmod.Twice' in failure
+    assert set(sys.modules) == modules and sys.path == syspath
+
+
+def test_a_module_shadowed_by_another_of_its_name_runs_under_its_file_s_name(tmp_path):
+    path = write(tmp_path / "json.py", '"""\n>>> __name__ == "json"\nFalse\n>>> 1\n2\n"""\n')
+    [failure] = doctests.run_file(path)["failures"]
+    assert 'json.py", line 4, in json' in failure and "_kpe_doctest" not in failure

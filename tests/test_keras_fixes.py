@@ -226,6 +226,9 @@ def test_every_fix_is_documented():
 EVERYWHERE = {"half_precision_initializers", "category_encoding_dtype", "lookup_encoded_dtype"}
 # HashedCrossing's probe runs the layer, on TensorFlow: without it, it finds nothing.
 CROSSING = {"hashed_crossing_dtype"} if HAS_TF else set()
+# oneDNN's bf16 3-D convolution kernel: found where the CPU selects it (AVX-512 bf16, as
+# on the machines CI runs on); its probe is checked apart, where the CPU may lack it.
+ONEDNN = {"conv3d_bf16_weight_gradient"}
 PROBED = {
     "jax": {*EVERYWHERE, "jax_int64_specs", *CROSSING, "loss_scale_apply_eager"},
     "torch": {
@@ -245,7 +248,22 @@ PROBED = {
     reason="pins Keras 3.15; every verified release's probes: test_fixes_by_release.py",
 )
 def test_probes_reproduce_the_defects_of_keras_3_15():
-    assert {f.name for f in keras_fixes.FIXES if f.probe()} == PROBED[BACKEND]
+    assert {f.name for f in keras_fixes.FIXES if f.probe()} - ONEDNN == PROBED[BACKEND]
+
+
+def test_the_conv3d_probe_reports_what_a_bf16_kernel_gradient_really_is():
+    """The probe says True exactly where Keras's own bf16 Conv3D gets a wrong kernel update."""
+    from keras_policy_ext.testing import check_layer
+
+    fix = keras_fixes.get("conv3d_bf16_weight_gradient")
+    x = np.random.default_rng(0).normal(size=(2, 2, 4, 4, 2)).astype("float32")
+    report = check_layer(
+        lambda: L.Conv3D(4, 3, padding="same"), x, ["mixed_bfloat16"], sources=["keras"]
+    )
+    wrong = [f for f in report.findings if f.short == "wrong update" or f.short == "train NaN/Inf"]
+    assert bool(wrong) is fix.probe(), report
+    if BACKEND == "jax":
+        assert not fix.probe()  # XLA's convolution is right
 
 
 def test_apply_all_applies_what_the_probes_find_and_reverts(no_fixes):

@@ -121,7 +121,7 @@ def test_the_jax_workaround_is_on_exactly_where_keras_s_apply_fails():
     error = keras_eager_apply_error()
     workaround = kpe.internals.fixes.get("loss_scale_apply_eager")
     assert (workaround.concerns() and workaround.probe()) is (error is not None), error
-    # Keras 3.15.1: JAX only, keras#19244 (this pins the README's account of Keras).
+    # Keras 3.15.1: JAX only, keras#19244 (this pins docs/loss_scaling.md's account of Keras).
     assert (type(error).__name__ if error else None) == (
         "UnexpectedTracerError" if BACKEND == "jax" else None
     )

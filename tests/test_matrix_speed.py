@@ -1,5 +1,5 @@
 """What makes the matrix fast keeps what it finds: one float32 reference per layer,
-host-side casts, and the backend's process settings (README: "Check speed")."""
+host-side casts, and the backend's process settings (docs/benchmarks.md: "Check speed")."""
 
 import importlib.util
 import os
@@ -76,7 +76,7 @@ def matrix_findings(layers, policies):
 
 
 def test_the_matrix_keeps_the_findings_of_known_bad_layers():
-    """As the full run found them before it was made fast (README: findings per
+    """As the full run found them before it was made fast (docs/check.md: findings per
     backend), under Keras's own policies; kpe's, with its fixes, have none."""
     policies = ["float16", "mixed_float16", "mixed_bfloat16"]
     expected = {

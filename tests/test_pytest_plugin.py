@@ -1,6 +1,11 @@
 """The pytest plugin: `kpe_policy` per policy; `--kpe-backends`, `backends`, `kpe_backend`."""
 
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 
 import keras
@@ -61,9 +66,10 @@ def test_default_policies_and_a_readable_failure(pytester):
     result = pytester.runpytest("-p", "no:cacheprovider")
     outcomes = result.parseoutcomes()
     # Only float32 conforms: every other default policy expects another dtype, except
-    # float64 where the backend cannot honour it (JAX without x64): refused, no finding.
+    # float64 where the backend cannot honour it (JAX without x64): skipped, with why.
     refused = int(not kpe.validate("float64").ok)
-    assert outcomes["passed"] == 1 + refused and outcomes["failed"] == 5 - refused
+    assert outcomes["passed"] == 1 and outcomes["failed"] == 5 - refused
+    assert outcomes.get("skipped", 0) == refused
     result.stdout.fnmatch_lines(
         [
             "*ConformanceError*",
@@ -72,7 +78,7 @@ def test_default_policies_and_a_readable_failure(pytester):
     )
 
 
-# --- One suite on every backend: `--kpe-backends`, the `backends` marker, `kpe_backend` ---
+# --- One suite on every backend: `--kpe-backends`, `kpe_backends`, `kpe_backend` ---
 
 SUITE = f"""
 import keras
@@ -81,11 +87,11 @@ import pytest
 def test_names_its_backend(kpe_backend):
     assert kpe_backend == keras.backend.backend()
 
-@pytest.mark.backends("{BACKEND}")
+@pytest.mark.kpe_backends("{BACKEND}")
 def test_only_here():
     assert keras.backend.backend() == "{BACKEND}"
 
-@pytest.mark.backends("{OTHER}")
+@pytest.mark.kpe_backends("{OTHER}")
 def test_only_elsewhere():
     assert keras.backend.backend() == "{OTHER}"
 
@@ -110,11 +116,11 @@ def test_a_bad_backends_marker_is_an_error_naming_the_valid_ones(pytester):
         """
         import pytest
 
-        @pytest.mark.backends("jaxx")
+        @pytest.mark.kpe_backends("jaxx")
         def test_typo():
             pass
 
-        @pytest.mark.backends()
+        @pytest.mark.kpe_backends()
         def test_empty():
             pass
         """
@@ -124,7 +130,7 @@ def test_a_bad_backends_marker_is_an_error_naming_the_valid_ones(pytester):
     result.stdout.fnmatch_lines(
         [
             "*Unknown backend(s): 'jaxx'; valid backends: jax, tensorflow, torch.*",
-            "*@pytest.mark.backends needs one or more backend names*",
+            "*@pytest.mark.kpe_backends needs one or more backend names*",
         ]
     )
 
@@ -207,3 +213,229 @@ def test_a_backend_s_crash_is_its_failure_and_its_worker_goes_on(pytester):
     result.stdout.fnmatch_lines([f"*worker '{BACKEND}' crashed while running*test_crash*"])
     counts = "1 passed, 1 failed, 0 skipped"
     assert any(l.split(None, 1) == [BACKEND, counts] for l in result.stdout.lines)
+
+
+# --- A good citizen: what the plugin costs a project that does not use it (issue 22) ---
+
+OWN_MARKER = """
+import pytest
+
+@pytest.mark.backends("sqlite")
+def test_sqlite():
+    pass
+
+@pytest.mark.backends("sqlite", "postgres")
+def test_both():
+    pass
+"""
+
+
+def outcomes_with_and_without_kpe(pytester, *args):
+    """The run with the plugin and with `-p no:keras_policy_ext`, each in a fresh process."""
+    runs = [
+        pytester.runpytest_subprocess("-p", "no:cacheprovider", *extra, *args)
+        for extra in ((), ("-p", "no:keras_policy_ext"))
+    ]
+    return runs
+
+
+def test_a_project_s_own_backends_marker_is_left_alone(pytester):
+    pytester.makeini("[pytest]\nmarkers =\n    backends(*names): the project's databases\n")
+    pytester.makepyfile(OWN_MARKER)
+    with_kpe, without = outcomes_with_and_without_kpe(pytester, "--strict-markers")
+    without.assert_outcomes(passed=2)
+    with_kpe.assert_outcomes(passed=2)
+    assert with_kpe.ret == without.ret == pytest.ExitCode.OK
+
+
+def test_a_project_that_never_mentions_kpe_runs_as_without_it(pytester):
+    pytester.makeconftest(
+        """
+        import sys
+
+        def pytest_collection_finish(session):
+            print("keras imported at collection:", "keras" in sys.modules)
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_param(n):
+            assert n
+
+        def test_fails():
+            assert False
+
+        @pytest.mark.skip(reason="not today")
+        def test_skipped():
+            pass
+        """
+    )
+    with_kpe, without = outcomes_with_and_without_kpe(pytester, "-s")
+    assert with_kpe.parseoutcomes() == without.parseoutcomes()
+    assert with_kpe.ret == without.ret == pytest.ExitCode.TESTS_FAILED
+    with_kpe.stdout.fnmatch_lines(["*keras imported at collection: False*"])
+    collected = [
+        pytester.runpytest_subprocess("--collect-only", "-q", "-p", "no:cacheprovider", *extra)
+        for extra in ((), ("-p", "no:keras_policy_ext"))
+    ]
+    ids = [[l for l in run.stdout.lines if "::" in l] for run in collected]
+    assert ids[0] == ids[1] and len(ids[0]) == 4
+
+
+def test_the_kpe_backends_marker_limits_a_test_the_old_name_is_not_read(pytester):
+    pytester.makepyfile(
+        f"""
+        import pytest
+
+        @pytest.mark.kpe_backends("{OTHER}")
+        def test_elsewhere():
+            pass
+
+        @pytest.mark.backends("{OTHER}")  # not kpe's: an unknown marker, as without kpe
+        def test_old_name():
+            pass
+        """
+    )
+    result = pytester.runpytest("-v", "-rs", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*::test_elsewhere SKIPPED*", "*::test_old_name PASSED*"])
+    result.stdout.fnmatch_lines([f"SKIPPED ?1? *: runs on {OTHER} only, not on {BACKEND}"])
+
+
+# --- Fixtures that hold on every backend (issue 22) ---
+
+
+def test_kpe_policy_float64_on_jax_without_x64_is_skipped_with_the_remedy(pytester):
+    pytester.makepyfile(
+        """
+        import numpy as np
+        import keras
+
+        def test_dense(kpe_policy):
+            y = keras.layers.Dense(2)(np.ones((1, 3), "float32"))
+            assert keras.backend.standardize_dtype(y.dtype) == kpe_policy.compute_dtype
+        """
+    )
+    result = pytester.runpytest("-rs", "-p", "no:cacheprovider")
+    if kpe.validate("float64").ok:  # torch, tensorflow, JAX with x64: float64 runs
+        result.assert_outcomes(passed=6)
+    else:
+        result.assert_outcomes(passed=5, skipped=1)
+        result.stdout.fnmatch_lines(["SKIPPED*'float64' on jax: x64 is disabled*JAX_ENABLE_X64=1*"])
+
+
+# --- An honest fan-out (issue 22) ---
+
+
+@needs_xdist
+def test_an_interrupted_fan_out_says_what_did_not_finish(pytester, tmp_path):
+    started = tmp_path / "started"
+    started.mkdir()
+    pytester.makepyfile(
+        test_slow=f"""
+        import os, time
+        import keras
+
+        def test_first():
+            pass
+
+        def test_slow():
+            open(os.path.join({str(started)!r}, keras.backend.backend()), "w").close()
+            time.sleep(300)
+
+        def test_after():
+            pass
+        """
+    )
+    # ^C as a terminal sends it: SIGINT to the whole foreground process group.
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--kpe-backends=all", "-p", "no:cacheprovider"],
+        cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    backends = installed_backends()
+    deadline = time.monotonic() + 300
+    while len(os.listdir(started)) < len(backends):
+        assert run.poll() is None, run.communicate()
+        assert time.monotonic() < deadline, "test_slow never started on every backend"
+        time.sleep(0.5)
+    os.killpg(run.pid, signal.SIGINT)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == pytest.ExitCode.INTERRUPTED, out + err
+    assert "passed on every backend" not in out
+    assert "kpe backends: interrupted" in out, out
+    for backend in backends:
+        line = (
+            f"{backend} 1 passed, 0 failed, 0 skipped; not finished: "
+            "test_slow.py::test_slow, test_slow.py::test_after"
+        )
+        assert line in [" ".join(l.split(None, 1)) for l in out.splitlines()], out
+    assert "Traceback" not in out + err
+
+
+@needs_xdist
+def test_a_backend_where_no_test_ran_is_not_passed(pytester):
+    pytester.makepyfile(
+        f"""
+        import keras, pytest
+
+        if keras.backend.backend() == "{BACKEND}":
+            pytest.skip("nothing for {BACKEND}", allow_module_level=True)
+
+        def test_elsewhere():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--kpe-backends=all", "-p", "no:cacheprovider")
+    assert "passed on every backend" not in result.stdout.str()
+    result.stdout.fnmatch_lines([f"*kpe backends: no test ran on {BACKEND}*"])
+
+
+# --- Docs in the test suite: the `kpe_docs` ini option (issue 22) ---
+
+PAGES = {
+    "good.md": "# Good\n\n```python\nimport keras\nx = keras.ops.ones((2, 3))\n```\n\n"
+    "```python\nassert tuple(x.shape) == (2, 3)\n```\n",
+    "bad.md": "# Bad\n\n```python\nraise ValueError('from the page')\n```\n",
+    "prose.md": "# Prose only\n\n```bash\npip install it\n```\n",
+    "notes.md": "# Not listed in kpe_docs\n\n```python\nraise RuntimeError\n```\n",
+}
+
+
+def test_kpe_docs_collects_the_listed_pages_as_tests(pytester):
+    pytester.makeini("[pytest]\nkpe_docs = good.md bad.md prose.md\n")
+    for name, text in PAGES.items():
+        pytester.makefile(".md", **{name[:-3]: text})
+    result = pytester.runpytest("-v", "-p", "no:cacheprovider", ".")
+    result.assert_outcomes(passed=1, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*good.md::good.md PASSED*",
+            '*bad.md", line 4, in <module>*',
+            "*ValueError: from the page*",
+            "*prose.md*nothing to run*",
+        ]
+    )
+    assert "notes.md" not in result.stdout.str()
+
+
+def test_without_kpe_docs_no_page_is_collected(pytester):
+    for name, text in PAGES.items():
+        pytester.makefile(".md", **{name[:-3]: text})
+    result = pytester.runpytest("-p", "no:cacheprovider", ".")
+    assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
+
+
+@needs_xdist
+def test_kpe_docs_run_once_per_backend_under_kpe_backends(pytester):
+    pytester.makeini("[pytest]\nkpe_docs = good.md\n")
+    pytester.makefile(".md", good=PAGES["good.md"])
+    result = pytester.runpytest_subprocess("--kpe-backends=all", "-p", "no:cacheprovider", ".")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+    for backend in installed_backends():
+        line = f"{backend} 1 passed, 0 failed, 0 skipped"
+        assert line in [" ".join(l.split(None, 1)) for l in result.stdout.lines]

@@ -143,9 +143,9 @@ def test_rules_from_a_policy_map_are_right_from_the_first_call():
 
 
 def test_keras_policy_map_is_wrong_on_the_first_call():
-    """Keras 3.15.1's bug that the README cites (all three backends): the map's
+    """Keras 3.15.1's bug that docs/rules.md cites (all three backends): the map's
     `Dense` computes in the default's dtype on its first call, in its own after.
-    When a Keras release fixes it, this fails: update the README's rules section."""
+    When a Keras release fixes it, this fails: update docs/rules.md."""
     _, layer = _first_map_layer()
     x = np.ones((2, 4), "float32")
     assert [dtype(layer(x)), dtype(layer(x))] == ["float32", "bfloat16"], keras.__version__

@@ -20,7 +20,8 @@ from typing import Any
 
 from keras_policy_ext.backends import BACKENDS
 from keras_policy_ext.cli.quiet import native_logs_filtered
-from keras_policy_ext.grammar import ROLE_KEYS
+from keras_policy_ext.roles import ROLE_KEYS
+from keras_policy_ext.testing.zoo import DEFAULT_SEED
 
 # How often, at most, a run without a terminal reports its progress.
 HEARTBEAT_SECONDS = 5.0
@@ -73,6 +74,7 @@ class _Progress:
         self.last_report = time.monotonic()
         self.drawn = False
         self.running: dict[str, float | None] = {}  # each backend's seconds, None once done
+        self.printed: dict[str, str] = {}  # without a terminal: each backend's last line
 
     def __call__(self, backend: str, done: int, total: int) -> None:
         self.state[backend] = f"{done}/{total} layers"
@@ -93,8 +95,8 @@ class _Progress:
         """Each backend's state, as the run goes.
 
         On a terminal, the live line every second, so that a backend starting
-        or hung is seen to be so; else a line per backend every
-        `HEARTBEAT_SECONDS`.
+        or hung is seen to be so; else, at most every `HEARTBEAT_SECONDS`, a
+        line for each backend whose state changed since its last line.
         """
         every = 1.0 if self.live else HEARTBEAT_SECONDS
         if time.monotonic() - self.last_report < every:
@@ -106,8 +108,13 @@ class _Progress:
             return
         for backend, seconds in running.items():
             state = self.state.get(backend, "starting")
-            when = "done" if seconds is None else f"{seconds:.0f} s"
-            print(f"checking {backend}: {state} ({when})", file=sys.stderr, flush=True)
+            if seconds is None:
+                state += ", done"
+            if self.printed.get(backend) == state:
+                continue  # a log gets a line when something changed, not a heartbeat
+            self.printed[backend] = state
+            when = "" if seconds is None else f" ({seconds:.0f} s)"
+            print(f"checking {backend}: {state}{when}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.live and self.drawn:
@@ -148,6 +155,7 @@ def _check(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             verbose=args.verbose,
             cache_dir=args.cache_dir,
+            seed=args.seed,
         )
     except ValueError as e:  # bad names, a bad cache directory, and TargetError
         progress.close()
@@ -157,12 +165,8 @@ def _check(args: argparse.Namespace) -> int:
     text = FORMATS[args.format](
         result, every_row=args.all or args.format != "table", fail_on_keras=args.fail_on_keras
     )
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        print(summary(result, args.fail_on_keras))
-    else:
-        print(text)
+    if not _report("check", args.output, text, lambda: summary(result, args.fail_on_keras)):
+        return 2
     return result.status(args.fail_on_keras)
 
 
@@ -183,26 +187,64 @@ def _doctest(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"keras-policy-ext doctest: error: {e}", file=sys.stderr)
         return 2
+    problem = _unwritable(args.output) if args.output else ""
+    if problem:
+        print(f"keras-policy-ext doctest: error: {problem}", file=sys.stderr)
+        return 2
     results = run_files(files, backends, setup=setup, plugin=args.plugin, timeout=args.timeout)
     text = FORMATS[args.format](results)
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        print(summary(results))
-    else:
-        print(text)
+    if not _report("doctest", args.output, text, lambda: summary(results)):
+        return 2
     return doctest_status(results)
 
 
+def _report(command: str, output: str | None, text: str, summary: Callable[[], str]) -> bool:
+    """Writes the report to `output` and prints the summary, or prints the report.
+
+    A report that cannot be written after all is printed instead, with the
+    error on stderr; returns `False` then.
+    """
+    if not output:
+        print(text)
+        return True
+    try:
+        with open(output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    except OSError as e:
+        print(text)
+        print(
+            f"keras-policy-ext {command}: error: cannot write the report to {output!r}: "
+            f"{e.strerror or e}",
+            file=sys.stderr,
+        )
+        return False
+    print(summary())
+    return True
+
+
 def _unwritable(path: str) -> str:
-    """Why a report cannot be written to `path` (checked before the run), else `""`."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Why a report cannot be written to `path` (checked before the run), else `""`.
+
+    The file is opened for writing, as the report will be, and a file this
+    made is removed again: what the system refuses (a missing directory,
+    `/proc`, a read-only file system) is refused here, before the run.
+
+    >>> from keras_policy_ext.cli import _unwritable
+    >>> _unwritable("/proc/no-such-dir/report.json")
+    "cannot write the report to '/proc/no-such-dir/report.json': No such file or directory"
+    """
     if os.path.isdir(path):
         return f"cannot write the report to {path!r}: it is a directory"
-    if not os.path.isdir(folder):
-        return f"cannot write the report to {path!r}: no directory {folder!r}"
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        return f"cannot write the report to {path!r}: not writable"
+    if os.path.isfile(path) and os.statvfs(path).f_blocks == 0:
+        return f"cannot write the report to {path!r}: its file system (/proc, /sys) holds no data"
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        return f"cannot write the report to {path!r}: {e.strerror or e}"
+    if not existed:
+        os.remove(path)
     return ""
 
 
@@ -248,13 +290,39 @@ def _policies(value: str) -> list[str]:
 
 
 def _backends(value: str) -> list[str]:
+    """`--backends` of `check` and `doctest`: comma-separated names, or `all` (every installed).
+
+    >>> from keras_policy_ext.cli import _backends
+    >>> from keras_policy_ext.backends import installed_backends
+    >>> _backends("all") == installed_backends(), _backends("torch,jax")
+    (True, ['torch', 'jax'])
+    """
     names = _names("--backends")(value)
+    if names == ["all"]:
+        from keras_policy_ext.backends import installed_backends
+
+        names = installed_backends()
+        if not names:
+            raise argparse.ArgumentTypeError(
+                f"all: no backend is installed ({', '.join(BACKENDS)})"
+            )
+        return names
     unknown = [n for n in names if n not in BACKENDS]
     if unknown:
         raise argparse.ArgumentTypeError(
             f"unknown backend(s) {', '.join(unknown)}; choose from {', '.join(BACKENDS)}"
         )
     return names
+
+
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        seed = -1
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {value!r}")
+    return seed
 
 
 def _seconds(value: str) -> float:
@@ -321,18 +389,23 @@ def _parser() -> argparse.ArgumentParser:
         _check,
         "check layers x policies on every installed backend",
         "Builds each layer under each policy, one subprocess per backend, and "
-        "reports variables, outputs, symbolic dtypes, a training step and "
-        "numerics that deviate from the policy. TARGETs are 'module:callable': "
-        "the callable takes no arguments and returns (layer, inputs); it is "
-        "called inside each policy's scope, so build the layer with dtype=None. "
-        "Without TARGETs the built-in zoo of stock Keras layers is checked.",
+        "reports variables, outputs, symbolic dtypes, a training step (its update "
+        "against a float32 step) and numerics that deviate from the policy. Every "
+        "case is seeded from --seed and its layer, policy and policy source. "
+        "TARGETs are 'module:callable': the callable takes no arguments and returns "
+        "(layer, inputs), or (layer, inputs, options) with options a dict of "
+        "check_layer's keyword options for what the layer does on purpose: "
+        "output_dtype, variable_dtypes, tolerances, train, numerics. It is called "
+        "inside each policy's scope, so build the layer with dtype=None. Without "
+        "TARGETs the built-in zoo of stock Keras layers is checked.",
     )
     check.add_argument("targets", nargs="*", metavar="TARGET", help="module:callable")
     check.add_argument(
         "--backends",
         type=_backends,
         action="extend",
-        help=f"comma-separated, of {', '.join(BACKENDS)} (default: all)",
+        help=f"comma-separated, of {', '.join(BACKENDS)}, or 'all' (the default: every "
+        "installed backend)",
     )
     check.add_argument(
         "--policies",
@@ -367,6 +440,14 @@ def _parser() -> argparse.ArgumentParser:
         "--all", action="store_true", help="table: every row, not only findings and refusals"
     )
     check.add_argument(
+        "--seed",
+        type=_seed,
+        default=DEFAULT_SEED,
+        help="the run's seed (default %(default)s): each case's weights, inputs and "
+        "training target are drawn from it and the case's layer, policy and policy "
+        "source, so a run gives the same findings every time; recorded in json and junit",
+    )
+    check.add_argument(
         "--cache-dir",
         metavar="DIR",
         help="keep the programs JAX compiles in DIR (made if missing) between runs: a "
@@ -379,23 +460,28 @@ def _parser() -> argparse.ArgumentParser:
         commands,
         "doctest",
         _doctest,
-        "run the >>> examples of files once per installed backend",
-        "Runs the >>> examples of Markdown, reST and Python files (directories: "
+        "run the examples of docs once per installed backend",
+        "Runs the >>> examples and prompt-less ```python blocks of Markdown and reST "
+        "files, and the >>> examples of Python files' docstrings (directories: "
         "every such file under them), each backend in its own subprocess, the "
         "files one after another: a file that crashes its process or runs past "
         "--timeout is that file's error, and a new process goes on with the next. "
         "'# doctest: +SKIP_JAX' (or +SKIP_TORCH, +SKIP_TENSORFLOW) skips an "
         "example on that backend, '+SKIP_WITHOUT_TENSORFLOW' (or _JAX, _TORCH) where "
-        "that library is not installed. Exit status: 0 when every example passed, 1 "
-        "when one failed, 2 when a file could not be read (before anything "
-        "runs), imported or run to its end, or no example ran.",
+        "that library is not installed. A file's prompt-less blocks and >>> "
+        "examples run in its order as one script (a block that raises stops it); "
+        "'```python notest' or '<!-- skip: next -->' opts a block out. Exit status: "
+        "0 when every example passed, 1 when one failed, 2 when a file could not be "
+        "read (before anything runs), imported or run to its end, no example ran, "
+        "or a file named had nothing to run.",
     )
     doctest.add_argument("files", nargs="+", metavar="FILE")
     doctest.add_argument(
         "--backends",
         type=_backends,
         action="extend",
-        help="comma-separated (default: every installed backend)",
+        help=f"comma-separated, of {', '.join(BACKENDS)}, or 'all' (the default: every "
+        "installed backend)",
     )
     doctest.add_argument(
         "--setup",
@@ -411,7 +497,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _report_options(
         doctest,
-        ["table", "json", "junit"],
+        ["table", "markdown", "json", "junit"],
         timeout=DOCTEST_TIMEOUT,
         timeout_help="stop a file's examples after SECONDS (default %(default)g): that "
         "file's error (exit 2), and the next file runs in a new process",

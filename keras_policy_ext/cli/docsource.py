@@ -1,10 +1,24 @@
-"""Reading `>>>` examples from docs as people write them: Markdown, reST, docstrings.
+"""Reading examples from docs as people write them: Markdown, reST, docstrings.
+
+Two kinds of example: `>>>` examples (doctest's), and prompt-less code
+blocks, as tutorials write them (keras.io's guides among them): a
+```` ```python ```` fence (or `py`, `python3`, `py3`), or a reST
+`.. code-block:: python`, whose first line is not a `>>>` prompt. A file's
+code blocks and `>>>` examples run in the order of the file, in one
+namespace, as one script (`read_doc`).
 
 Each reader returns the file's text as doctest should see it, line for
 line (so failures name the file's own line numbers): fence lines become
 blank lines, so an example's expected output ends at a closing fence even
-with no blank line before it; code blocks in another language are blanked,
-so their `>>>` lines do not run; blockquote markers are removed.
+with no blank line before it; code blocks in another language, prompt-less
+blocks and blocks opted out are blanked, so their `>>>` lines do not run;
+blockquote markers are removed.
+
+A block opts out with `notest` in its fence's info string
+(```` ```python notest ````, as pytest-markdown-docs spells it) or with an
+HTML comment `<!-- skip: next -->` before it (Sybil's spelling; in reST the
+comment `.. skip: next`). A prompt-less block whose first line is a doctest
+directive (`# doctest: +SKIP_TORCH`) is skipped as that example would be.
 
 - Markdown (`.md`, `.markdown`): fences of ``` or ~~~ (three or more), with
   any info string: examples run in fences whose language is Python's
@@ -16,7 +30,8 @@ so their `>>>` lines do not run; blockquote markers are removed.
   `.. sourcecode::`) bodies run when their language is Python's; `::`
   literal blocks and doctest blocks run unless a `.. highlight::` directive
   named another language; `.. doctest::` bodies run.
-- Docstrings are Markdown without blockquotes (Keras writes them so).
+- Docstrings are Markdown without blockquotes (Keras writes them so); their
+  prompt-less fences do not run (docstrings show fragments so: Keras's do).
 - Any other file is read as doctest reads a text file.
 
 >>> from keras_policy_ext.cli.docsource import markdown_text
@@ -40,6 +55,11 @@ RST = (".rst", ".rest")
 PYTHON_LANGUAGES = frozenset(
     ["", "python", "py", "python3", "py3", "pycon", "python-console", "doctest", "default"]
 )
+# Languages whose prompt-less blocks run as code (a console's or untagged blocks do not).
+CODE_LANGUAGES = frozenset(["python", "py", "python3", "py3"])
+NO_TEST = "notest"  # the info-string flag that opts a fence out
+_SKIP_NEXT_MD = re.compile(r" {0,3}<!--+\s*skip:\s*next\s*-*->\s*$")
+_SKIP_NEXT_RST = re.compile(r" *\.\.\s+skip:\s*next\s*$")
 
 _QUOTE = re.compile(r" {0,3}>(?!>>) ?")  # one blockquote marker, never a `>>>` prompt
 _FENCE = re.compile(
@@ -50,6 +70,20 @@ _CLOSING = re.compile(r" *(?P<fence>`{3,}|~{3,}) *$")
 _PROMPT = re.compile(r" *>>>( |$)")
 _DIRECTIVE = re.compile(r"(?P<indent> *)\.\.\s+(?P<name>[\w:-]+)::(?P<arg>.*)$")
 _CODE_DIRECTIVES = ("code-block", "code", "sourcecode")
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeBlock:
+    """A prompt-less code block: its source and the file line its first line is on (1-based)."""
+
+    lineno: int
+    source: str
+
+
+def _is_code(lines: Sequence[str]) -> bool:
+    """Whether a Python block's lines are code, not `>>>` examples (its first line decides)."""
+    first = next((line for line in lines if line.strip()), None)
+    return first is not None and not _PROMPT.match(first)
 
 
 def language(info: str) -> str:
@@ -72,6 +106,8 @@ class _Fence:
     indent: int  # the fence's column: as many leading spaces come off its content
     depth: int  # blockquote depth
     runs: bool  # a Python fence: its examples run
+    code: bool  # its language's prompt-less blocks run as code
+    start: int  # the index of its first content line in the output
 
 
 def _unquote(line: str, limit: int | None) -> tuple[int, str]:
@@ -97,8 +133,24 @@ def markdown_text(text: str, blockquotes: bool = True) -> str:
     many blockquote markers come off as its prompt line had, so output
     that starts with `>` stays.
     """
+    return _markdown(text, blockquotes)[0]
+
+
+def _close(fence: _Fence, out: list[str], blocks: list[CodeBlock]) -> None:
+    """A fence ends: a prompt-less Python block becomes a code block, its lines blanked."""
+    lines = out[fence.start :]
+    if fence.runs and _is_code(lines):
+        if fence.code:
+            blocks.append(CodeBlock(fence.start + 1, "\n".join(lines) + "\n"))
+        out[fence.start :] = [""] * len(lines)
+
+
+def _markdown(text: str, blockquotes: bool = True) -> tuple[str, list[CodeBlock]]:
+    """Markdown's doctest text (`markdown_text`) and its prompt-less code blocks."""
     out: list[str] = []
+    blocks: list[CodeBlock] = []
     fence: _Fence | None = None
+    skip_next = False  # `<!-- skip: next -->` seen: the next fence does not run
     example_depth: int | None = None  # blockquote depth of the example being read
     for line in text.splitlines():
         if fence is not None:
@@ -107,11 +159,13 @@ def markdown_text(text: str, blockquotes: bool = True) -> str:
                 closing = _CLOSING.match(rest)
                 if closing and closing["fence"][0] == fence.char:
                     if len(closing["fence"]) >= fence.length:
+                        _close(fence, out, blocks)
                         fence = None
                         out.append("")
                         continue
                 out.append(_dedent(rest, fence.indent) if fence.runs else "")
                 continue
+            _close(fence, out, blocks)
             fence = None  # the blockquote holding the fence ended, and the fence with it
         if not line.strip():
             example_depth = None
@@ -119,15 +173,25 @@ def markdown_text(text: str, blockquotes: bool = True) -> str:
             continue
         limit = example_depth if example_depth is not None else (None if blockquotes else 0)
         depth, rest = _unquote(line, limit)
+        if _SKIP_NEXT_MD.match(rest):
+            skip_next = True
+            out.append("")
+            continue
         opening = _FENCE.match(rest)
         if opening and not (opening["fence"][0] == "`" and "`" in opening["info"]):
+            lang = language(opening["info"])
+            runs = lang in PYTHON_LANGUAGES and not skip_next
+            runs = runs and NO_TEST not in opening["info"].replace("{", " ").split()
             fence = _Fence(
                 char=opening["fence"][0],
                 length=len(opening["fence"]),
                 indent=len(opening["lead"]) + len(opening["pad"]),
                 depth=depth,
-                runs=language(opening["info"]) in PYTHON_LANGUAGES,
+                runs=runs,
+                code=lang in CODE_LANGUAGES,
+                start=len(out) + 1,
             )
+            skip_next = False
             example_depth = None
             out.append("")
             continue
@@ -136,7 +200,9 @@ def markdown_text(text: str, blockquotes: bool = True) -> str:
         elif example_depth is None and _PROMPT.match(rest):
             example_depth = depth
         out.append(rest)
-    return "\n".join(out) + "\n"
+    if fence is not None:
+        _close(fence, out, blocks)
+    return "\n".join(out) + "\n", blocks
 
 
 def _indent(line: str) -> int:
@@ -158,11 +224,36 @@ def rst_text(text: str) -> str:
     >>> rst_text(".. code-block:: bash\\n\\n   >>> not run\\n\\n>>> 1\\n1\\n").splitlines()
     ['.. code-block:: bash', '', '', '', '>>> 1', '1']
     """
+    return _rst(text)[0]
+
+
+def _rst_code(lines: list[str], start: int, end: int) -> CodeBlock | None:
+    """A code-block directive's body (`lines[start:end]`, options first) as a code block."""
+    body = start
+    while body < end and (not lines[body].strip() or lines[body].lstrip().startswith(":")):
+        body += 1
+    content = lines[body:end]
+    while content and not content[-1].strip():
+        content.pop()
+    if not _is_code(content):
+        return None
+    indent = min(_indent(line) for line in content if line.strip())
+    return CodeBlock(body + 1, "".join(line[indent:] + "\n" for line in content))
+
+
+def _rst(text: str) -> tuple[str, list[CodeBlock]]:
+    """reST's doctest text (`rst_text`) and its prompt-less code blocks."""
     lines = text.expandtabs().splitlines()
     out = list(lines)
+    blocks: list[CodeBlock] = []
     highlight = "python"
+    skip_next = False  # `.. skip: next` seen: the next code block does not run
     i = 0
     while i < len(lines):
+        if _SKIP_NEXT_RST.match(lines[i]):
+            skip_next = True
+            i += 1
+            continue
         directive = _DIRECTIVE.match(lines[i])
         if directive:
             name, args = directive["name"].lower(), directive["arg"].split()
@@ -170,8 +261,13 @@ def rst_text(text: str) -> str:
                 highlight = args[0].lower() if args else "python"
             elif name in _CODE_DIRECTIVES:
                 end = _block_end(lines, i, len(directive["indent"]))
-                if (args[0].lower() if args else highlight) not in PYTHON_LANGUAGES:
+                lang = args[0].lower() if args else highlight
+                block = _rst_code(lines, i + 1, end) if lang in PYTHON_LANGUAGES else None
+                if block is not None and args and lang in CODE_LANGUAGES and not skip_next:
+                    blocks.append(block)
+                if lang not in PYTHON_LANGUAGES or block is not None or skip_next:
                     out[i + 1 : end] = [""] * (end - i - 1)
+                skip_next = False
                 i = end
                 continue
         elif lines[i].rstrip().endswith("::") and highlight not in PYTHON_LANGUAGES:
@@ -180,17 +276,28 @@ def rst_text(text: str) -> str:
             i = end
             continue
         i += 1
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n", blocks
+
+
+def read_doc(path: str, text: str) -> tuple[str, list[CodeBlock]]:
+    """A doc file's text as doctest should read it, and its prompt-less code blocks.
+
+    >>> from keras_policy_ext.cli.docsource import read_doc
+    >>> text, blocks = read_doc("a.md", "Prose.\\n\\n```python\\nx = 1\\n```\\n")
+    >>> blocks
+    [CodeBlock(lineno=4, source='x = 1\\n')]
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix in MARKDOWN:
+        return _markdown(text)
+    if suffix in RST:
+        return _rst(text)
+    return text, []
 
 
 def doctest_text(path: str, text: str) -> str:
     """A doc file's text as doctest should read it, by the file's extension."""
-    suffix = Path(path).suffix.lower()
-    if suffix in MARKDOWN:
-        return markdown_text(text)
-    if suffix in RST:
-        return rst_text(text)
-    return text
+    return read_doc(path, text)[0]
 
 
 class DocstringParser(doctest.DocTestParser):

@@ -1,8 +1,13 @@
-"""Runs the `>>>` examples of docs and modules, once per Keras backend.
+"""Runs the examples of docs and modules, once per Keras backend.
 
 Markdown and reST files are read as `keras_policy_ext.cli.docsource`
-describes (fences, lists, blockquotes, code blocks); a Python file is
-imported and its docstrings' examples run. `ELLIPSIS` and
+describes (fences, lists, blockquotes, code blocks): their `>>>` examples
+and their prompt-less ```` ```python ```` blocks run in the order of the
+file, in one namespace, as one script: a block that raises is a failure
+(its traceback names the file's own lines) and nothing after it runs. A
+Python file is imported (by its own name where that imports this very
+file, as `python -m doctest` does) and its docstrings' `>>>` examples run.
+A file with nothing to run is never counted as passed. `ELLIPSIS` and
 `NORMALIZE_WHITESPACE` are on. An example is skipped on one backend with a
 directive, as doctest's own directives work: `>>> x = 1  # doctest:
 +SKIP_TORCH` (also `+SKIP_JAX`, `+SKIP_TENSORFLOW`); `+SKIP_WITHOUT_TENSORFLOW`
@@ -50,6 +55,7 @@ import os
 import re
 import sys
 import tempfile
+import textwrap
 import threading
 import traceback
 import xml.etree.ElementTree as ET
@@ -59,10 +65,11 @@ from typing import Any
 
 from keras_policy_ext.backends import BACKENDS, installed_backends
 from keras_policy_ext.cli.docsource import (
+    CodeBlock,
     DocstringParser,
     check_files,
-    doctest_text,
     expand_paths,
+    read_doc,
     read_examples,
 )
 from keras_policy_ext.cli.runner import child_main, run_per_backend
@@ -96,6 +103,8 @@ STARTUP_SECONDS = 300.0
 MODULE = "keras_policy_ext.cli.doctests"
 
 _module_ids = itertools.count()
+_PRIVATE = "_kpe_doctest_"  # the prefix of a module run under a name of its own
+_DIRECTIVE = re.compile(r"\s*#\s*doctest:\s*([^\n'\"]*)$")
 
 
 class _BackendRunner(doctest.DocTestRunner):
@@ -117,6 +126,42 @@ class _BackendRunner(doctest.DocTestRunner):
                 self.skipped += 1
         return super().run(test, *args, **kwargs)
 
+    def skips(self, block: CodeBlock) -> bool:
+        """Whether a code block's first-line directive skips it here (`# doctest: +SKIP_JAX`)."""
+        directive = _DIRECTIVE.match(block.source.split("\n", 1)[0])
+        words = directive[1].replace(",", " ").split() if directive else []
+        flags = {doctest.OPTIONFLAGS_BY_NAME.get(w[1:]) for w in words if w.startswith("+")}
+        return any(flag in flags for flag in [doctest.SKIP, *self.skip_flags])
+
+    def run_block(self, block: CodeBlock, path: str, globs: dict, later: int) -> str | None:
+        """Runs a code block in `globs`; a failure's report (doctest's layout), or None.
+
+        It is compiled with `path` as its file name, padded so its lines are
+        the file's: a traceback shows the file's own lines. `later` counts
+        the examples that will not run after a failure.
+        """
+        self.tries += 1
+        try:
+            padded = "\n" * (block.lineno - 1) + block.source
+            exec(compile(padded, path, "exec", dont_inherit=True), globs)
+        except BaseException as e:
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            self.failures += 1
+            frames = traceback.extract_tb(e.__traceback__)
+            own = [f for f in frames if f.filename == path]
+            line = own[-1].lineno if own else block.lineno
+            tb = "".join(traceback.format_exception(type(e), e, e.__traceback__.tb_next))
+            last = block.lineno + block.source.count("\n") - 1
+            rest = f"\n{later} later example{'s' * (later != 1)} did not run\n" if later else ""
+            return (
+                f'{"*" * 70}\nFile "{path}", line {line}, in {os.path.basename(path)}\n'
+                f"Failed code block (lines {block.lineno}-{last}):\n"
+                f"{textwrap.indent(block.source, '    ')}Raised:\n{textwrap.indent(tb, '    ')}"
+                + rest
+            )
+        return None
+
 
 def _result(
     path: str,
@@ -126,24 +171,51 @@ def _result(
     skipped: int = 0,
     failures: Sequence[str] = (),
     error: str | None = None,
+    examples: int | None = None,
 ) -> dict[str, Any]:
+    """A file's result; `examples`: how many it has (`>>>` examples and code blocks)."""
     return {
         "file": path,
         "backend": backend,
         "attempted": attempted,
         "failed": failed,
         "skipped": skipped,
+        "examples": attempted + skipped if examples is None else examples,
         "failures": list(failures),
         "error": error,
     }
 
 
+def _import_own(name: str, file: Path, root: Path) -> tuple[Any, str | None]:
+    """`name` imported from `root` (put first on `sys.path` meanwhile) if it is `file`.
+
+    Returns the module, or None, and the name to unload after: `name` when
+    this import loaded it (it was not in `sys.modules` before).
+    """
+    fresh = name not in sys.modules
+    sys.path.insert(0, str(root))
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        module = None
+    finally:
+        sys.path.remove(str(root))
+    module_file = getattr(module, "__file__", None)
+    if module_file and Path(module_file).resolve() == file:
+        return module, name if fresh else None
+    if fresh and module is not None:  # another file of that name: not ours to keep
+        sys.modules.pop(name, None)
+    return None, None
+
+
 def _load_module(path: str) -> tuple[Any, str | None]:
     """Imports `path`, returning the module and the name to unload after.
 
-    A file inside a package is imported by its dotted name when that name
-    imports this very file, so a package's module never runs twice; any
-    other file runs as a stand-alone module under a unique name.
+    A file is imported by its own (dotted, inside a package) name when that
+    name, imported from the file's root directory, imports this very file,
+    as `python -m doctest` does: a package's module never runs twice, and
+    its examples' `import mod` is the module they run in. Any other file
+    (its name taken by another module) runs under a unique name.
     """
     file = Path(path).resolve()
     parts = [] if file.stem == "__init__" else [file.stem]
@@ -151,15 +223,11 @@ def _load_module(path: str) -> tuple[Any, str | None]:
     while (root / "__init__.py").is_file():
         parts.insert(0, root.name)
         root = root.parent
-    if root != file.parent:
-        try:
-            module = importlib.import_module(".".join(parts))
-        except ImportError:
-            module = None
-        module_file = getattr(module, "__file__", None)
-        if module_file and Path(module_file).resolve() == file:
-            return module, None
-    name = f"_kpe_doctest_{next(_module_ids)}_{file.stem}"
+    if parts:
+        module, unload = _import_own(".".join(parts), file, root)
+        if module is not None:
+            return module, unload
+    name = f"{_PRIVATE}{next(_module_ids)}_{file.stem}"
     spec = importlib.util.spec_from_file_location(name, file)
     if spec is None or spec.loader is None:
         raise ImportError(f"not a Python module: {path}")
@@ -196,16 +264,22 @@ def _apply_setup(setup: str | None, tests: list[doctest.DocTest], base: dict) ->
         test.globs.update(changed)
 
 
-def _doctests(path: str) -> tuple[list[doctest.DocTest], dict, str | None]:
-    """The file's doctests, the globals they start from, and a module to unload afterwards."""
+def _doctests(
+    path: str,
+) -> tuple[list[doctest.DocTest], list[CodeBlock], dict, str | None]:
+    """The file's doctests, its code blocks, the globals they start from, a module to unload."""
     if path.endswith(".py"):
         try:
             module, unload = _load_module(path)
         except Exception as e:
             raise _FileError(_error_text(f"cannot import {path}", e)) from e
         finder = doctest.DocTestFinder(parser=DocstringParser())
+        name = module.__name__
+        if name.startswith(_PRIVATE):  # failures name the file, not the private name
+            name = Path(path).stem
         try:
-            return finder.find(module), module.__dict__, unload
+            tests = finder.find(module, name)
+            return tests, [], module.__dict__, unload
         except BaseException:
             if unload is not None:
                 sys.modules.pop(unload, None)
@@ -216,8 +290,30 @@ def _doctests(path: str) -> tuple[list[doctest.DocTest], dict, str | None]:
         raise _FileError(_error_text(f"cannot read {path}", e)) from e
     globs = {"__name__": "__main__"}
     name = os.path.basename(path)
-    test = doctest.DocTestParser().get_doctest(doctest_text(path, text), globs, name, path, 0)
-    return [test], dict(globs), None
+    doc_text, blocks = read_doc(path, text)
+    test = doctest.DocTestParser().get_doctest(doc_text, globs, name, path, 0)
+    return [test], blocks, dict(globs), None
+
+
+def _steps(test: doctest.DocTest, blocks: list[CodeBlock]) -> list[Any]:
+    """The file's examples in its order: runs of `>>>` examples (DocTests) and code blocks."""
+    if not blocks:
+        return [test]
+    items = sorted(
+        [(e.lineno + 1, 0, e) for e in test.examples] + [(b.lineno, 1, b) for b in blocks],
+        key=lambda item: item[:2],
+    )
+    steps: list[Any] = []
+    for _, _, item in items:
+        if isinstance(item, CodeBlock):
+            steps.append(item)
+        elif steps and isinstance(steps[-1], doctest.DocTest):
+            steps[-1].examples.append(item)
+        else:
+            step = doctest.DocTest([item], test.globs, test.name, test.filename, 0, None)
+            step.globs = test.globs  # shared with the code blocks, not a copy
+            steps.append(step)
+    return steps
 
 
 def run_file(path: str, setup: str | None = None, plugin: bool = False) -> dict[str, Any]:
@@ -241,25 +337,50 @@ def run_file(path: str, setup: str | None = None, plugin: bool = False) -> dict[
     backend = keras.backend.backend()
     with clean_state():
         try:
-            tests, base, unload = _doctests(path)
+            tests, blocks, base, unload = _doctests(path)
         except _FileError as e:
             return _result(path, backend, error=str(e))
         except ValueError as e:  # doctest's parser: a malformed example
             return _result(path, backend, error=_error_text("cannot read its examples", e))
+        examples = sum(len(t.examples) for t in tests) + len(blocks)
         runner = _BackendRunner(backend)
         failures: list[str] = []
         try:
             if plugin:
                 kpe_plugin.install()
             _apply_setup(setup, tests, base)
-            for test in tests:
-                runner.run(test, out=failures.append)
+            for test in tests:  # a doc file has one; a module one per docstring, no blocks
+                _run_steps(runner, _steps(test, blocks), path, test.globs, failures)
         except _FileError as e:
-            return _result(path, backend, error=str(e))
+            return _result(path, backend, error=str(e), examples=examples)
         finally:
+            for test in tests:
+                test.globs.clear()
             if unload is not None:
                 sys.modules.pop(unload, None)
-        return _result(path, backend, runner.tries, runner.failures, runner.skipped, failures)
+        return _result(
+            path, backend, runner.tries, runner.failures, runner.skipped, failures, None, examples
+        )
+
+
+def _run_steps(
+    runner: _BackendRunner, steps: list[Any], path: str, globs: dict, out: list[str]
+) -> None:
+    """Runs DocTests and code blocks in order; a failing code block stops the rest (a script)."""
+    for i, step in enumerate(steps):
+        if isinstance(step, doctest.DocTest):
+            runner.run(step, out=out.append, clear_globs=False)
+            continue
+        if runner.skips(step):
+            runner.skipped += 1
+            continue
+        later = sum(
+            len(s.examples) if isinstance(s, doctest.DocTest) else 1 for s in steps[i + 1 :]
+        )
+        failure = runner.run_block(step, path, globs, later)
+        if failure is not None:
+            out.append(failure)
+            return
 
 
 def check_setup(codes: Sequence[str] | None) -> str | None:
@@ -289,10 +410,13 @@ class _Stopped(Exception):
     """Raised in a backend's thread to stop its process (the run was interrupted)."""
 
 
-def _timeout_text(timeout: float, dump: str) -> str:
-    """The timeout, and the example that was running (from faulthandler's dump)."""
+def _timeout_text(timeout: float, dump: str, path: str = "") -> str:
+    """The timeout, and the example or code block that was running (from faulthandler's dump)."""
     example = re.search(r'File "<doctest (.+?)>", line (\d+)', dump)
+    block = re.search(rf'File "{re.escape(path)}", line (\d+)', dump) if path else None
     where = f" in example {example[1]} (its line {example[2]})" if example else ""
+    if block and not example:
+        where = f" in the code block at line {block[1]} of {os.path.basename(path)}"
     return f"timed out after {timeout:g} s (--timeout){where}; its process was stopped"
 
 
@@ -343,7 +467,7 @@ def _run_backend_files(
             return
         if started > len(done):  # it died in a file: that file's error, and on to the next
             if dump.startswith("Timeout"):
-                error = _timeout_text(timeout, dump)
+                error = _timeout_text(timeout, dump, pending[len(done)])
             else:
                 error = f"the {backend} process {child.error}"
             out.append(_result(pending[len(done)], backend, error=error))
@@ -389,7 +513,16 @@ def run_files(
         for thread in threads:
             thread.join()
         raise
+    named = {os.path.normpath(p) for p in paths if not os.path.isdir(p)}
+    for rs in results.values():
+        for r in rs:
+            r["named"] = os.path.normpath(r["file"]) in named
     return results
+
+
+def _empty(result: dict) -> bool:
+    """A file that ran without an error and had nothing to run: no example, no code block."""
+    return not result.get("error") and result.get("examples", 1) == 0
 
 
 def _totals(results: list[dict]) -> dict[str, int]:
@@ -410,6 +543,10 @@ def _counts(totals: dict[str, int]) -> str:
 def status(results: dict[str, list[dict]]) -> int:
     """The exit status: 2 when a file could not run or no example ran, 1 on a failure, else 0.
 
+    A file named on the command line with nothing to run (no `>>>` example
+    and no code block) is 2 too: it was to be verified, and nothing was. One
+    found in a directory is reported as such, and never counted as passed.
+
     >>> from keras_policy_ext.cli.doctests import status
     >>> ok = {"attempted": 2, "failed": 0, "skipped": 0, "error": None}
     >>> status({"jax": [ok]}), status({"jax": [{**ok, "failed": 1}]})
@@ -419,6 +556,8 @@ def status(results: dict[str, list[dict]]) -> int:
     """
     every = [r for rs in results.values() for r in rs]
     if any(r.get("error") for r in every) or not any(r["attempted"] for r in every):
+        return 2
+    if any(_empty(r) and r.get("named", True) for r in every):
         return 2
     return 1 if any(r["failed"] for r in every) else 0
 
@@ -446,12 +585,21 @@ def summary(results: dict[str, list[dict]]) -> str:
     idle = [b for b, rs in results.items() if not any(r["attempted"] for r in rs)]
     if idle:
         lines.append(f"  no example ran on {', '.join(idle)}")
+    empty = list(dict.fromkeys(os.path.basename(r["file"]) for r in every if _empty(r)))
+    if empty:
+        lines.append(
+            f"  nothing to run in {', '.join(empty)}: no >>> example and no ```python block "
+            "(prompt-less ```python and .. code-block:: python blocks run; 'notest' and "
+            "'<!-- skip: next -->' opt one out)"
+        )
     return "\n".join(lines)
 
 
 def _cell(result: dict) -> str:
     if result.get("error") and not result["attempted"]:
         return "ERROR"
+    if _empty(result):
+        return "nothing to run"
     passed = result["attempted"] - result["failed"]
     if result["failed"]:
         text = f"{result['failed']} FAILED of {result['attempted']}"
@@ -559,7 +707,42 @@ def to_junit(results: dict[str, list[dict]]) -> str:
     return ET.tostring(suites, encoding="unicode")
 
 
-FORMATS = {"table": format_report, "json": to_json, "junit": to_junit}
+def to_markdown(results: dict[str, list[dict]]) -> str:
+    """A Markdown file x backend table, each failure and error as an indented block, the verdict.
+
+    >>> from keras_policy_ext.cli.doctests import to_markdown
+    >>> ok = {"file": "a.md", "attempted": 2, "failed": 0, "skipped": 0,
+    ...       "failures": [], "error": None}
+    >>> broken = {**ok, "attempted": 0, "error": "crashed"}
+    >>> print(to_markdown({"jax": [ok], "torch": [broken]}))
+    | file | jax | torch |
+    |---|---|---|
+    | a.md | 2 passed | ERROR |
+    <BLANKLINE>
+        [torch] a.md: ERROR: crashed
+    <BLANKLINE>
+    **INCOMPLETE**: 2 passed, 0 failed, 0 skipped, 1 error (1 file, 2 backends)
+      jax: 2 passed, 0 failed, 0 skipped
+      torch: 0 passed, 0 failed, 0 skipped, 1 error
+      no example ran on torch
+    """
+    files = list(dict.fromkeys(r["file"] for rs in results.values() for r in rs))
+    by_key = {(r["file"], b): r for b, rs in results.items() for r in rs}
+    lines = [f"| file | {' | '.join(results)} |", "|---" * (len(results) + 1) + "|"]
+    for file in files:
+        cells = [_cell(by_key[file, b]) if (file, b) in by_key else "-" for b in results]
+        lines.append(f"| {file} | {' | '.join(cells)} |")
+    for backend, rs in results.items():
+        for r in rs:
+            texts = [*r["failures"], *([f"{r['file']}: ERROR: {r['error']}\n"] * bool(r["error"]))]
+            for text in texts:
+                lines += ["", textwrap.indent(f"[{backend}] {text.rstrip()}", "    ")]
+    verdict, _, rest = summary(results).partition(":")
+    lines += ["", f"**{verdict}**:{rest}"]
+    return "\n".join(lines)
+
+
+FORMATS = {"table": format_report, "markdown": to_markdown, "json": to_json, "junit": to_junit}
 
 
 def _child(args: dict, emit: Any) -> None:

@@ -25,25 +25,15 @@ def _status(case: dict) -> str:
     return "refused" if case.get("refused") else "ok"
 
 
-def _cell(cases: list[dict]) -> str:
-    """One layer x policy x backend: kpe's result, and Keras's where it differs."""
-
-    def text(case: dict) -> str:
-        if case.get("refused") and not case["findings"]:
-            return "refused"
-        return ", ".join(dict.fromkeys(f["short"] for f in case["findings"])) or "ok"
-
-    by_source = {c["source"]: text(c) for c in cases}
-    kpe, keras = by_source.get("kpe"), by_source.get("keras")
-    if kpe is None:
-        return f"keras: {keras}"
-    if keras is None or keras == kpe:
-        return kpe
-    return f"{kpe} (keras: {keras})"
+def _cell(case: dict) -> str:
+    """One layer x policy x backend x source: its findings in a few words, or its state."""
+    if case.get("refused") and not case["findings"]:
+        return "refused"
+    return ", ".join(dict.fromkeys(f["short"] for f in case["findings"])) or "ok"
 
 
 def _counts(result: MatrixResult, source: str) -> str:
-    """`N with findings, M refused (jax N, torch N)` for one policy source."""
+    """`N with findings, M refused (jax: N with findings, M refused; ...)` for one source."""
     per_backend = []
     totals = {"findings": 0, "refused": 0}
     for backend, r in result.backends.items():
@@ -51,14 +41,16 @@ def _counts(result: MatrixResult, source: str) -> str:
         if not cases:
             continue
         statuses = [_status(c) for c in cases]
-        found, refused = statuses.count("findings"), statuses.count("refused")
-        totals["findings"] += found
-        totals["refused"] += refused
-        per_backend.append(f"{backend} {found}" + (f"+{refused} refused" if refused else ""))
-    text = f"{totals['findings']} with findings"
-    if totals["refused"]:
-        text += f", {totals['refused']} refused"
-    return f"{text} ({', '.join(per_backend)})"
+        counts = {"findings": statuses.count("findings"), "refused": statuses.count("refused")}
+        totals["findings"] += counts["findings"]
+        totals["refused"] += counts["refused"]
+        per_backend.append(f"{backend}: {_in_words(counts)}")
+    return f"{_in_words(totals)} ({'; '.join(per_backend)})"
+
+
+def _in_words(counts: dict[str, int]) -> str:
+    text = f"{counts['findings']} with findings"
+    return text + (f", {counts['refused']} refused" if counts["refused"] else "")
 
 
 def summary(result: MatrixResult, fail_on_keras: bool = False) -> str:
@@ -69,7 +61,7 @@ def summary(result: MatrixResult, fail_on_keras: bool = False) -> str:
     >>> print(summary(MatrixResult({"jax": {"cases": [case]},
     ...                             "torch": {"skipped": "torch is not installed"}}, 2.0)))
     CONFORMS: 1 cases on jax in 2.0 s
-      kpe: 0 with findings (jax 0)
+      kpe: 0 with findings (jax: 0 with findings)
       skipped: torch (torch is not installed)
     >>> print(summary(MatrixResult({"jax": {"cases": []}}, 2.0)))
     INCOMPLETE: 0 cases on jax in 2.0 s
@@ -100,23 +92,65 @@ def summary(result: MatrixResult, fail_on_keras: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _grid(result: MatrixResult, every_row: bool) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the layer x policy x backend grid (bad rows only unless `every_row`)."""
+# Each policy source's table: its heading, and what its rows hold without --all.
+SECTIONS = {
+    "kpe": "kpe's policies (they decide the verdict)",
+    "keras": "Keras's own policies (the comparison)",
+}
+
+
+def _grid(result: MatrixResult, every_row: bool, source: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of one source's layer x policy x backend grid (rows with findings
+    or refusals only, unless `every_row`)."""
     backends = list(result.backends)
-    grouped: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    grouped: dict[tuple[str, str], dict[str, dict]] = {}
     for backend, r in result.backends.items():
         for case in r.get("cases", []):
-            key = (case["layer"], case["policy"])
-            grouped.setdefault(key, {}).setdefault(backend, []).append(case)
+            if case["source"] == source:
+                grouped.setdefault((case["layer"], case["policy"]), {})[backend] = case
     rows = []
     for (layer, policy), cells in grouped.items():
-        shown = every_row or any(_status(c) != "ok" for cases in cells.values() for c in cases)
-        if shown:
+        if every_row or any(_status(c) != "ok" for c in cells.values()):
             rows.append(
                 [layer, policy]
                 + [_cell(cells[b]) if b in cells else _absent(result.backends[b]) for b in backends]
             )
     return ["layer", "policy", *backends], rows
+
+
+def _sections(result: MatrixResult, every_row: bool) -> list[tuple[str, list[str], list[list]]]:
+    """`(heading, header, rows)` per policy source that ran; empty `rows` when none is shown."""
+    ran = {c["source"] for c in result.cases()}
+    return [(SECTIONS[s], *_grid(result, every_row, s)) for s in SOURCES if s in ran]
+
+
+def details(result: MatrixResult) -> list[str]:
+    """Every finding in full, kpe's first: what was expected and seen, by whom, where.
+
+    >>> from keras_policy_ext.cli.matrix import MatrixResult
+    >>> finding = {"layer": "Conv3D", "policy": "bfloat16", "source": "keras",
+    ...            "backend": "torch", "check": "train", "short": "wrong update",
+    ...            "expected": "an update within 0.08 of float32's",
+    ...            "seen": "conv3d/kernel: relative error 0.88"}
+    >>> case = {"layer": "Conv3D", "policy": "bfloat16", "source": "keras",
+    ...         "findings": [finding]}
+    >>> print(*details(MatrixResult({"torch": {"cases": [case]}}, 2.0)))
+    Conv3D under keras 'bfloat16' on torch: train: expected an update within 0.08 of float32's,
+    saw conv3d/kernel: relative error 0.88
+    """
+    found = [
+        f
+        for source in SOURCES
+        for r in result.backends.values()
+        for c in r.get("cases", ())
+        if c["source"] == source
+        for f in c["findings"]
+    ]
+    return [
+        f"{f['layer']} under {f['source']} {f['policy']!r} on {f['backend']}: {f['check']}: "
+        f"expected {f['expected']}, saw {f['seen']}"
+        for f in found
+    ]
 
 
 def refusals(result: MatrixResult) -> list[str]:
@@ -137,26 +171,32 @@ def refusals(result: MatrixResult) -> list[str]:
 
 
 def table(result: MatrixResult, every_row: bool = False, fail_on_keras: bool = False) -> str:
-    """The summary, then the rows with findings or refusals (every row with `every_row`),
-    then each refusal's reason."""
-    header, rows = _grid(result, every_row)
-    text = summary(result, fail_on_keras)
-    if not rows:
+    """The summary; a grid per policy source (kpe's, then Keras's comparison) of the rows
+    with findings or refusals (every row with `every_row`); each finding in full; each
+    refusal's reason."""
+    parts = [summary(result, fail_on_keras)]
+    sections = _sections(result, every_row)
+    if not any(rows for _, _, rows in sections):
         if result.cases():
-            text += "\n\nNo case has findings or was refused (--all prints every row)."
-        return text
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    refused = refusals(result)
-    if refused:
-        lines += ["", "Refused:", *(f"- {r}" for r in refused)]
-    return text + "\n\n" + "\n".join(lines)
+            parts.append("No case has findings or was refused (--all prints every row).")
+        return "\n\n".join(parts)
+    for heading, header, rows in sections:
+        if not rows:
+            parts.append(f"{heading}: no finding, no refusal.")
+            continue
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = [f"{heading}:", "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+        parts.append("\n".join(lines))
+    for heading, items in (("Findings", details(result)), ("Refused", refusals(result))):
+        if items:
+            parts.append("\n".join([f"{heading}:", *(f"- {item}" for item in items)]))
+    return "\n\n".join(parts)
 
 
 def markdown(result: MatrixResult, every_row: bool = True, fail_on_keras: bool = False) -> str:
-    """The summary as a list and the layer x policy x backend grid, for a CI summary page.
+    """The summary as a list and a grid per policy source, for a CI summary page.
 
     >>> from keras_policy_ext.cli.matrix import MatrixResult
     >>> case = {"layer": "Dense", "policy": "float32", "source": "kpe", "findings": []}
@@ -164,7 +204,9 @@ def markdown(result: MatrixResult, every_row: bool = True, fail_on_keras: bool =
     ### keras-policy-ext check: CONFORMS
     <BLANKLINE>
     - 1 cases on jax in 2.0 s
-    - kpe: 0 with findings (jax 0)
+    - kpe: 0 with findings (jax: 0 with findings)
+    <BLANKLINE>
+    #### kpe's policies (they decide the verdict)
     <BLANKLINE>
     | layer | policy | jax |
     |---|---|---|
@@ -174,13 +216,14 @@ def markdown(result: MatrixResult, every_row: bool = True, fail_on_keras: bool =
     verdict, _, what = first.partition(": ")
     lines = [f"### keras-policy-ext check: {verdict}", "", f"- {what}"]
     lines += [f"- {line.strip()}" for line in rest]
-    header, rows = _grid(result, every_row)
-    if rows:
-        lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-    refused = refusals(result)
-    if refused:
-        lines += ["", "Refused:", "", *(f"- {r}" for r in refused)]
+    for heading, header, rows in _sections(result, every_row):
+        if rows:
+            lines += ["", f"#### {heading}", ""]
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+    for heading, items in (("Findings", details(result)), ("Refused", refusals(result))):
+        if items:
+            lines += ["", f"{heading}:", "", *(f"- {item}" for item in items)]
     return "\n".join(lines)
 
 
@@ -200,6 +243,8 @@ def to_json(result: MatrixResult, every_row: bool = True, fail_on_keras: bool = 
 def junit(result: MatrixResult, every_row: bool = True, fail_on_keras: bool = False) -> str:
     """JUnit XML: a test suite per backend, a test case per layer x policy x source.
 
+    Each suite's properties hold the run's `seed`.
+
     Keras's cases with findings are failures only with `fail_on_keras`; else
     they are skipped tests whose message carries the findings. Refused cases
     are skipped tests with the reason; a backend that failed to run is an error.
@@ -215,6 +260,8 @@ def junit(result: MatrixResult, every_row: bool = True, fail_on_keras: bool = Fa
             skipped=str(len(skipped) + ("skipped" in r)),
             errors="1" if "error" in r else "0",
         )  # fmt: skip
+        properties = ET.SubElement(suite, "properties")
+        ET.SubElement(properties, "property", name="seed", value=str(result.seed))
         if "skipped" in r or "error" in r:
             case = ET.SubElement(suite, "testcase", classname=backend, name="backend")
             kind = "skipped" if "skipped" in r else "error"

@@ -27,6 +27,7 @@ from typing import Any
 
 from keras_policy_ext.backends import BACKENDS, check_backends, installed_backends, jax_x64_on
 from keras_policy_ext.cli.runner import PROGRESS, Child, ChildResult, child_main, run_children
+from keras_policy_ext.testing.zoo import DEFAULT_SEED
 
 
 class TargetError(ValueError):
@@ -48,6 +49,7 @@ class MatrixResult:
 
     backends: dict[str, dict[str, Any]]
     seconds: float
+    seed: int = DEFAULT_SEED
 
     def cases(self, source: str | None = None) -> list[dict]:
         """Every case that ran, of one policy source or of all."""
@@ -91,6 +93,7 @@ class MatrixResult:
         return {
             "ok": status == 0,
             "status": status,
+            "seed": self.seed,
             "seconds": round(self.seconds, 1),
             "backends": backends,
         }
@@ -134,27 +137,37 @@ def load_target(spec: str) -> tuple[str, Callable[[], Any]]:
     return spec, obj
 
 
-def _target_case(spec: str, make: Callable[[], Any]) -> tuple[Callable, Any]:
-    """The factory and inputs of a target, checking what it returns."""
+def _target_case(spec: str, make: Callable[[], Any]) -> tuple[Callable, Any, dict]:
+    """The factory, inputs and options of a target, checking what it returns."""
     import keras
 
-    def unpack() -> tuple[Any, Any]:
+    from keras_policy_ext.testing.checks import check_options
+
+    def unpack() -> tuple[Any, Any, dict]:
         made = make()
-        if not (isinstance(made, tuple) and len(made) == 2 and isinstance(made[0], keras.Layer)):
+        if not (
+            isinstance(made, tuple) and len(made) in (2, 3) and isinstance(made[0], keras.Layer)
+        ):
             raise TargetError(
-                f"target {spec!r} must return (layer, inputs); returned {type(made).__name__}"
+                f"target {spec!r} must return (layer, inputs) or (layer, inputs, options); "
+                f"returned {type(made).__name__}"
             )
-        return made
+        options = made[2] if len(made) == 3 else {}
+        try:
+            check_options(options, f"target {spec!r}")
+        except TypeError as e:
+            raise TargetError(str(e)) from None
+        return made[0], made[1], options
 
     try:
-        inputs = unpack()[1]
+        _, inputs, options = unpack()
     except TargetError:
         raise
     except Exception as e:
         raise TargetError(f"target {spec!r} failed to build: {type(e).__name__}: {e}") from e
     except SystemExit as e:
         raise TargetError(f"target {spec!r} called sys.exit({e.code!r}) while building") from e
-    return (lambda: unpack()[0]), inputs
+    return (lambda: unpack()[0]), inputs, options
 
 
 def keras_can_express(policy: str) -> bool:
@@ -175,7 +188,7 @@ def check_here(
     policies: Sequence[str],
     sources: Sequence[str],
     emit: Callable[[dict], None],
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     processes: int = 1,
 ) -> None:
     """Checks zoo entries and targets on the running backend, emitting events.
@@ -208,12 +221,16 @@ def check_here(
 
 
 def _plan(layers, include_zoo, targets, policies, sources, seed, emit) -> tuple:
-    """`(cases, policies, policy_sources)`: what `check_here` checks, under which names."""
+    """`(cases, policies, policy_sources)`: what `check_here` checks, under which names.
+
+    A zoo layer's inputs are drawn from its own seed (`case_seed`), so they are
+    the same whichever other layers are checked.
+    """
     import numpy as np
 
+    from keras_policy_ext.testing.checks import case_seed
     from keras_policy_ext.testing.zoo import ZOO, select
 
-    rng = np.random.default_rng(seed)
     entries = select(layers) if include_zoo else []
     if include_zoo and not entries:
         raise TargetError(f"no zoo layer matches {', '.join(layers)}; zoo layers: {', '.join(ZOO)}")
@@ -226,11 +243,13 @@ def _plan(layers, include_zoo, targets, policies, sources, seed, emit) -> tuple:
         if why is not None:
             emit({"note": f"{why}: not checked on {backend}"})
             continue
-        cases.append((e.name, e.factory, e.inputs(rng), {"output_dtype": e.output_dtype}))
+        rng = np.random.default_rng(case_seed(seed, e.name, "", "inputs"))
+        options = {"output_dtype": e.output_dtype, "seed": seed}
+        cases.append((e.name, e.factory, e.inputs(rng), options))
     for spec in targets:
         emit({"start": f"{spec}, importing and building it"})  # named, should it exit here
-        factory, inputs = _target_case(*load_target(spec))
-        cases.append((spec, factory, inputs, {}))
+        factory, inputs, options = _target_case(*load_target(spec))
+        cases.append((spec, factory, inputs, {**options, "seed": seed}))
     from keras_policy_ext import dtype_policies
 
     # Role specs by their canonical names: `p=f32,c=bf16` is Keras's mixed_bfloat16.
@@ -406,6 +425,7 @@ def run_matrix(
     timeout: float | None = None,
     verbose: bool = False,
     cache_dir: str | os.PathLike | None = None,
+    seed: int = DEFAULT_SEED,
 ) -> MatrixResult:
     """Runs the matrix, each backend in its own subprocess, concurrently.
 
@@ -426,11 +446,18 @@ def run_matrix(
     gives (layer by layer, each under the policies in the order given), with
     a note; a failure of either process is `jax`'s `error`.
 
+    Every case is seeded from `seed` and its identity (layer, policy, policy
+    source; `keras_policy_ext.testing.checks.case_seed`): the same run gives
+    the same weights, inputs, training targets and findings, however its
+    layers are shared between processes. A quantized policy
+    (`int8_from_float32`, ...) raises `ValueError`: the check knows no
+    quantized dtypes to hold a layer to.
+
     `cache_dir` (made if missing) keeps the programs JAX's processes compile
     between runs (JAX's persistent compilation cache, `JAX_COMPILATION_CACHE_DIR`,
     which it sets for them over any the environment sets): a later run with the
-    same versions compiles only what is new, which takes about a third off a
-    default run here (README: "Check speed"). Without it, each JAX process and
+    same versions compiles only what is new (figures: docs/benchmarks.md,
+    "Check speed"). Without it, each JAX process and
     its helper compile into a temporary cache, removed at the end, unless the
     environment names one. TensorFlow's and torch's processes run their ops
     eagerly and compile nothing. An empty path, or one that cannot be a
@@ -448,6 +475,12 @@ def run_matrix(
         from keras_policy_ext import dtype_policies
 
         parsed = dtype_policies.get(policy)  # a bad name raises here, not in every child
+        if getattr(parsed, "quantization_mode", None) is not None:
+            raise ValueError(
+                f"cannot check the quantized policy {policy!r}: the check holds layers to a "
+                "policy's float dtypes; name a float policy such as "
+                f"{', '.join(DEFAULT_POLICIES)}, or a role spec (p=f32,c=bf16)"
+            )
         dtypes = (parsed.compute_dtype, parsed.variable_dtype)
         named[policy] = (parsed.name, "float64" in dtypes)
     # A policy named twice (`p=f32,c=bf16` is `mixed_bfloat16`) is checked once.
@@ -473,6 +506,7 @@ def run_matrix(
         "targets": list(targets),
         "policies": policies,
         "sources": list(sources),
+        "seed": seed,
     }
 
     def on_line(name: str, line: str) -> None:
@@ -504,7 +538,7 @@ def run_matrix(
             results[backend]["notes"].append(f"JAX's compiled programs are kept in {cache}")
             if "error" in results[backend]:
                 results[backend]["notes"].append(STOPPED_CACHE_NOTE.format(cache=cache))
-    result = MatrixResult(results, time.perf_counter() - start)
+    result = MatrixResult(results, time.perf_counter() - start, seed)
     for backend in results:
         if "cases" in results[backend]:
             results[backend]["ok"] = result.backend_ok(backend)
@@ -785,7 +819,8 @@ def _child(args: dict, emit: Callable[[dict], None]) -> None:
         try:
             check_here(
                 args["layers"], args["include_zoo"], args["targets"],
-                args["policies"], args["sources"], emit, processes=processes,
+                args["policies"], args["sources"], emit,
+                seed=args.get("seed", DEFAULT_SEED), processes=processes,
             )  # fmt: skip
         except TargetError as e:
             emit({"target_error": str(e)})

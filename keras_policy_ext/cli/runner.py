@@ -166,19 +166,23 @@ def run_children(
                 )
                 reader.start()
                 readers.append(reader)
-            timed_out = _wait(running, timeout, on_tick)
+            timed_out, seconds = _wait(running, timeout, on_tick)
             for reader in readers:
                 reader.join()
         finally:
             _stop_all([child for child, _, _ in running.values()])
         return {
-            name: _result(name, child, path_out, started, timed_out, timeout, tails[name])
-            for name, (child, path_out, started) in running.items()
+            name: _result(name, child, path_out, seconds[name], timed_out, timeout, tails[name])
+            for name, (child, path_out, _) in running.items()
         }
 
 
-def _wait(children, timeout, on_tick) -> set[str]:
-    """Waits for every child, stopping those past `timeout`; the names of those."""
+def _wait(children, timeout, on_tick) -> tuple[set[str], dict[str, float]]:
+    """Waits for every child, stopping those past `timeout`.
+
+    Returns the names of those, and each child's own seconds, from its start
+    to its end.
+    """
     timed_out: set[str] = set()
     stopped_at: dict[str, float] = {}
     while True:
@@ -199,7 +203,7 @@ def _wait(children, timeout, on_tick) -> set[str]:
                 }
             )
         if len(stopped_at) == len(children):
-            return timed_out
+            return timed_out, stopped_at
         time.sleep(0.5)
 
 
@@ -239,7 +243,7 @@ def _signal(child: subprocess.Popen, sig: int) -> None:
         os.killpg(child.pid, sig)
 
 
-def _result(backend, child, path_out, started, timed_out, timeout, tail) -> ChildResult:
+def _result(backend, child, path_out, seconds, timed_out, timeout, tail) -> ChildResult:
     events = []
     if os.path.exists(path_out):
         with open(path_out, encoding="utf-8") as f:
@@ -251,7 +255,6 @@ def _result(backend, child, path_out, started, timed_out, timeout, tail) -> Chil
     finished = bool(events) and events[-1] == END and child.returncode == 0
     if events and events[-1] == END:
         events.pop()
-    seconds = time.monotonic() - started
     if finished:
         return ChildResult(events, True, None, seconds)
     if backend in timed_out:

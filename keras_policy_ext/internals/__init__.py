@@ -2,10 +2,16 @@
 
 Keras 3 has no public hook for what kpe does (resolve every layer's policy
 through kpe, place a layer by rules while it is built, read Keras's own
-per-thread global), so kpe reaches into Keras here and nowhere else: the
-other modules call the functions below, and `keras_policy_ext.internals.fixes`
-the fixes of Keras's defects under kpe policies (each names the attributes it
-patches, and the plugin applies them). `INTERNALS` lists each internal,
+per-thread global), so kpe uses Keras's private modules and attributes here
+and nowhere else (`tests/test_architecture.py` pins it): the other modules
+call the functions below, and `keras_policy_ext.internals.fixes` holds the
+fixes of Keras's defects under kpe policies (each names the attributes it
+patches, and the plugin applies them). Code outside this package still
+relies on how Keras behaves where its public API says nothing:
+`keras_policy_ext.loss_scale.optimizer` subclasses Keras's
+`LossScaleOptimizer` and, while Keras's own `apply` fails in an eager JAX
+loop (keras#19244, probed by `keras_loss_scale_apply_fails_eagerly`),
+re-implements that step after Keras's source. `INTERNALS` lists each internal,
 what kpe uses it for and the Keras versions it was verified against;
 `check()` probes them and raises a `RuntimeError` naming what is missing
 (`keras_policy_ext.install()` calls it, and the policy module checks the
@@ -23,7 +29,6 @@ verified Keras range.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import importlib
 import sys
@@ -98,8 +103,10 @@ def set_keras_global_policy(policy: keras.DTypePolicy | None) -> None:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Runs a probe without leaving a trace: Keras's automatic-name counters are
-    restored (a user's first `SGD()` after it is still `sgd`) and warnings silenced.
+    """Runs a probe without leaving a trace, the same way every time: seeded, with
+    Keras's automatic-name counters and the random streams restored after it (a
+    user's first `SGD()` after it is still `sgd`; a user's next random draw is the
+    one it would have been) and warnings silenced (`isolation.isolated`).
 
     >>> import keras
     >>> from keras_policy_ext import internals
@@ -111,15 +118,11 @@ def quiet() -> Iterator[None]:
     >>> keras.optimizers.SGD().name == first
     True
     """
-    state = _global_state()
-    uids = state.get_global_attribute("object_name_uids")
-    saved = copy.copy(uids) if uids is not None else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        state.set_global_attribute("object_name_uids", saved)
+    from keras_policy_ext.internals.isolation import isolated
+
+    with isolated(0), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def keras_session() -> weakref.ref:

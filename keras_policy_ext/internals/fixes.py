@@ -786,7 +786,66 @@ def _probe_hashed_crossing() -> bool:
 
 
 # --------------------------------------------------------------------------
-# 9. JAX: LossScaleOptimizer.apply assigns its variables inside ops.cond (keras#19244).
+# 9. bfloat16 3-D convolutions on the CPU: a wrong kernel gradient (oneDNN).
+
+
+def _on_cpu(x: Any) -> bool:
+    """Whether tensor `x` lives on the CPU (a torch device, or TensorFlow's device string)."""
+    device = getattr(x, "device", None)
+    kind = getattr(device, "type", None)
+    if kind is not None:
+        return kind == "cpu"
+    if device:
+        return "CPU" in str(device).upper()
+    return not any(d.lower().startswith("gpu") for d in keras.distribution.list_devices())
+
+
+def _channels_last(args: tuple, kwargs: dict) -> bool:
+    from keras.src.backend import standardize_data_format
+
+    data_format = kwargs.get("data_format", args[2] if len(args) > 2 else None)
+    return standardize_data_format(data_format) == "channels_last"
+
+
+def _make_conv(original: Callable) -> Callable:
+    def conv(inputs: Any, kernel: Any, *args: Any, **kwargs: Any) -> Any:
+        if (
+            len(getattr(inputs, "shape", ())) == 5
+            and _dtype(inputs) == "bfloat16"
+            and _channels_last(args, kwargs)
+            and kpe_policy(_current_layer()) is not None
+            and _on_cpu(inputs)
+        ):
+            inputs, kernel = ops.cast(inputs, "float32"), ops.cast(kernel, "float32")
+            return ops.cast(original(inputs, kernel, *args, **kwargs), "bfloat16")
+        return original(inputs, kernel, *args, **kwargs)
+
+    return conv
+
+
+def _probe_conv3d_bf16_gradient() -> bool:
+    rng = np.random.default_rng(0)
+    x, target = (rng.normal(size=(2, 2, 2, 2, 2)).astype("float32") for _ in range(2))
+    kernel = (0.2 * rng.normal(size=(3, 3, 3, 2, 2))).astype("float32")
+
+    def update(policy: str) -> np.ndarray:
+        layer = keras.layers.Conv3D(
+            2, 3, padding="same", use_bias=False, dtype=keras.DTypePolicy(policy),
+            name="kpe_probe",
+        )  # fmt: skip
+        inputs = keras.Input(batch_shape=x.shape)
+        model = keras.Model(inputs, layer(inputs))
+        layer.set_weights([kernel])
+        model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse", run_eagerly=True)
+        model.train_on_batch(x, target)
+        return ops.convert_to_numpy(layer.kernel).astype("float32") - kernel
+
+    expected, seen = update("float32"), update("mixed_bfloat16")
+    error = np.max(np.abs(seen - expected)) / np.max(np.abs(expected))
+    return not error <= 0.08  # bfloat16's tolerance in kpe's check; NaN is a defect
+
+
+# 10. JAX: LossScaleOptimizer.apply assigns its variables inside ops.cond (keras#19244).
 
 
 def apply_loss_scale_without_cond(
@@ -1063,6 +1122,37 @@ FIXES: tuple[Fix, ...] = (
                 "call",
                 _make_hashed_crossing_call,
                 ("self", "inputs"),
+            ),
+        ),
+    ),
+    Fix(
+        "conv3d_bf16_weight_gradient",
+        issue=(
+            "no upstream issue found (oneDNN's jit_bf16:avx512_core_bf16 backward-weights "
+            "primitive for 3-D convolution)"
+        ),
+        defect=(
+            "On a CPU with AVX-512 bf16, a bfloat16 3-D convolution (Conv3D, ConvLSTM3D) "
+            "in channels-last layout whose input is shallower than the kernel, with "
+            "padding, gets a wrong kernel gradient on practically every call and NaN/Inf "
+            "on some: torch (oneDNN 3.12) and TensorFlow (oneDNN on, its default) select "
+            "the defective kernel; JAX is right. Forward outputs and input gradients are "
+            "right, so training silently goes wrong."
+        ),
+        cause=(
+            "oneDNN's bfloat16 backward-weights kernel for 3-D convolution, channels-last "
+            "(torch: Keras forces that layout, keras/src/backend/torch/nn.py conv -> "
+            "_maybe_convert_to_channels_last; TensorFlow: NDHWC is its CPU layout). kpe "
+            "runs such a convolution in float32 and casts its result to bfloat16."
+        ),
+        backends=("torch", "tensorflow"),
+        probe=_probe_conv3d_bf16_gradient,
+        targets=(
+            Target(
+                "keras.src.backend.nn",
+                "conv",
+                _make_conv,
+                ("inputs", "kernel", "strides", "padding", "data_format"),
             ),
         ),
     ),

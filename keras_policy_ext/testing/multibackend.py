@@ -22,6 +22,7 @@ True
 from __future__ import annotations
 
 import collections
+import signal
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -30,6 +31,8 @@ import pytest
 from keras_policy_ext.backends import BACKENDS, check_backends, installed_backends
 
 OUTCOMES = ("passed", "failed", "skipped", "errors", "xfailed", "xpassed")
+# Seconds the workers get to exit after ^C before they are killed (xdist's default: 10).
+INTERRUPT_EXIT_SECONDS = 2
 
 
 def parse_backends(value: str) -> list[str]:
@@ -100,6 +103,25 @@ def configure(config: pytest.Config, environ: Mapping[str, str]) -> None:
     config.pluginmanager.register(BackendsSummary(backends), "kpe-backends")
 
 
+def configure_worker(config: pytest.Config) -> None:
+    """In a `--kpe-backends` worker: ^C belongs to the controlling process.
+
+    A terminal's ^C reaches every process of the run. A worker interrupted
+    where it happens to be (importing Keras, in a backend's native code or
+    its garbage-collection callback) can abort or print tracebacks; so a
+    worker ignores SIGINT, and the controlling process, which reports the
+    interrupt, stops the workers (`BackendsSummary.pytest_keyboard_interrupt`).
+    """
+    if "workerid" not in getattr(config, "workerinput", {}):
+        return
+    if not config.getoption("kpe_backends", None):
+        return
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+
+
 def label(nodeid: str, backend: str) -> str:
     """A test id with its backend: after its name, inside its parameters' brackets if any.
 
@@ -136,7 +158,8 @@ class BackendsSummary:
     def __init__(self, backends: Sequence[str]) -> None:
         self.backends = list(backends)
         self.counts = {b: collections.Counter() for b in backends}
-        self.collected: dict[str, int] = {}
+        self.collected: dict[str, list[str]] = {}  # each backend's test ids, unlabelled
+        self.finished: dict[str, set[str]] = {b: set() for b in backends}
         self.session: pytest.Session | None = None
 
     def _label(self, report: Any) -> str | None:
@@ -145,19 +168,30 @@ class BackendsSummary:
         backend = getattr(spec, "env", {}).get("KERAS_BACKEND")
         if backend not in self.counts:
             return None
+        if report.when not in ("setup", "call"):  # its teardown, or its worker crashed in it
+            self.finished[backend].add(report.nodeid)
         report.nodeid = label(report.nodeid, backend)
         return backend
 
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         self.session = session
 
+    def pytest_keyboard_interrupt(self) -> None:
+        """^C: the workers (which ignore SIGINT) are stopped without xdist's 10 s wait."""
+        if self.session is None:
+            return
+        dsession = self.session.config.pluginmanager.getplugin("dsession")
+        manager = getattr(dsession, "nodemanager", None)
+        if manager is not None:
+            manager.EXIT_TIMEOUT = INTERRUPT_EXIT_SECONDS
+
     def pytest_xdist_node_collection_finished(self, node: Any, ids: Sequence[str]) -> None:
-        self.collected[node.gateway.spec.env.get("KERAS_BACKEND")] = len(ids)
+        self.collected[node.gateway.spec.env.get("KERAS_BACKEND")] = list(ids)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if self.session is not None and self.collected:  # progress counts every backend's tests
-            self.session.testscollected = sum(self.collected.values())
+            self.session.testscollected = sum(map(len, self.collected.values()))
         backend = self._label(report)
         outcome = _outcome(report)
         if backend is not None and outcome is not None:
@@ -175,8 +209,20 @@ class BackendsSummary:
             "one worker process per backend)"
         )
 
-    def lines(self) -> list[str]:
-        """One line per backend: `jax  3 passed, 1 failed, 0 skipped` (and errors, xfails)."""
+    def unfinished(self, backend: str) -> list[str]:
+        """The backend's collected tests that did not finish (all of them before collection)."""
+        finished = self.finished[backend]
+        return [i for i in self.collected.get(backend, ()) if i not in finished]
+
+    def ran(self, backend: str) -> bool:
+        """Whether a test ran to an outcome on the backend (a skip is not one)."""
+        return any(self.counts[backend][o] for o in OUTCOMES if o != "skipped")
+
+    def lines(self, interrupted: bool = False) -> list[str]:
+        """One line per backend: `jax  3 passed, 1 failed, 0 skipped` (and errors, xfails).
+
+        Interrupted, each line names the backend's tests that had not finished.
+        """
         width = max(map(len, self.backends))
         lines = []
         for backend in self.backends:
@@ -189,12 +235,34 @@ class BackendsSummary:
                     for o in OUTCOMES
                     if o in ("passed", "failed", "skipped") or counts[o]
                 )
+            if interrupted:
+                if backend not in self.collected:
+                    text += "; interrupted before its tests were collected"
+                elif self.unfinished(backend):
+                    text += f"; not finished: {_names(self.unfinished(backend))}"
             lines.append(f"{backend.ljust(width)} {text}")
         return lines
 
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+    def title(self, interrupted: bool) -> str:
+        """The verdict: interrupted, failed on, no test ran on, or passed on every backend."""
         failing = [b for b in self.backends if self.counts[b]["failed"] or self.counts[b]["errors"]]
-        title = f"failed on {', '.join(failing)}" if failing else "passed on every backend"
-        terminalreporter.write_sep("=", f"kpe backends: {title}")
-        for line in self.lines():
+        idle = [b for b in self.backends if not self.ran(b)]
+        if interrupted:
+            return "interrupted" + (f", failed on {', '.join(failing)}" if failing else "")
+        if failing:
+            return f"failed on {', '.join(failing)}"
+        if idle:
+            return f"no test ran on {', '.join(idle)}"
+        return "passed on every backend"
+
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int) -> None:
+        interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+        terminalreporter.write_sep("=", f"kpe backends: {self.title(interrupted)}")
+        for line in self.lines(interrupted):
             terminalreporter.write_line(line)
+
+
+def _names(ids: Sequence[str], most: int = 5) -> str:
+    """Test ids, comma-separated: the first `most`, and how many more."""
+    more = len(ids) - most
+    return ", ".join(ids[:most]) + (f" and {more} more" if more > 0 else "")

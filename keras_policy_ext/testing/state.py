@@ -14,6 +14,8 @@ from keras_policy_ext import config, plugin
 def clean_state() -> Iterator[None]:
     """Restores kpe's default policy, the plugin, `floatx` and Keras's global on exit.
 
+    A context manager, for tests (the `kpe_clean_state` pytest fixture uses it).
+
     The plugin goes back to installed or not as an explicit `install()`
     left it (open `installed()` blocks are theirs to close); Keras's own
     global policy of the calling thread goes back to the very object it

@@ -10,7 +10,7 @@ A model compiled with kpe records kpe's optimizer in its `.keras` file: where
 kpe is not installed, `keras.saving.load_model(path)` raises `TypeError:
 Could not locate class 'LossScaleOptimizer'`, and
 `keras.saving.load_model(path, compile=False)` loads the model (weights and
-policies) to compile again with Keras's own optimizer (see the README).
+policies) to compile again with Keras's own optimizer (see docs/loss_scaling.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from keras import ops
 
 from keras_policy_ext import internals
 from keras_policy_ext.internals import fixes
-from keras_policy_ext.loss_scale import check_settings
+from keras_policy_ext.loss_scale.values import check_settings
 from keras_policy_ext.models import sublayers
 
 
@@ -35,8 +35,22 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
     `floor`, not at 0.0. `apply` also works in an eager custom loop on JAX,
     where Keras's own raises `UnexpectedTracerError` (keras-team/keras#19244).
     The settings are checked as `kpe.loss_scale.DynamicLossScale`'s are
-    (`kpe.loss_scale.check_settings`): `initial_scale` within
-    `[floor, ceiling]`, `dynamic_growth_steps` an int >= 1.
+    (`kpe.loss_scale.check_settings`).
+
+    Args:
+        inner_optimizer: the `keras.optimizers.Optimizer` to wrap.
+        initial_scale: the first scale, within `[floor, ceiling]`.
+        dynamic_growth_steps: finite steps in a row before the scale
+            doubles, an int >= 1.
+        floor: the lowest scale, > 0.
+        ceiling: the highest scale.
+        **kwargs: the other arguments of Keras's `LossScaleOptimizer`
+            (`name`, ...).
+
+    Raises:
+        TypeError: a setting of the wrong type.
+        ValueError: a setting out of range (an `initial_scale` outside
+            `[floor, ceiling]` is an error, never clipped).
 
     >>> import keras, numpy as np, keras_policy_ext as kpe
     >>> optimizer = kpe.LossScaleOptimizer(keras.optimizers.SGD(), floor=2.0)
@@ -105,6 +119,15 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
 def needs_loss_scaling(model: keras.layers.Layer) -> bool:
     """Whether the model or any of its layers computes in float16 with float32 variables.
 
+    Keras scales the loss only under a policy named `"mixed_float16"`; kpe
+    asks the dtypes, so role names and rules are scaled too.
+
+    Args:
+        model: a `keras.Model` (or any layer).
+
+    Returns:
+        `True` when some layer computes in float16 over float32 variables.
+
     >>> import keras, keras_policy_ext as kpe
     >>> with kpe.config.policy_scope("params=float32,compute=float16"):
     ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
@@ -117,20 +140,32 @@ def needs_loss_scaling(model: keras.layers.Layer) -> bool:
     )
 
 
-def compile(model: keras.Model, optimizer: Any = "rmsprop", **kwargs: Any) -> None:
-    """`model.compile`, loss-scaling by dtypes with kpe's floored optimizer.
+def compile_model(model: keras.Model, optimizer: Any = "rmsprop", **kwargs: Any) -> None:
+    """Compiles `model`, loss-scaling by dtypes with kpe's floored optimizer.
 
-    When `needs_loss_scaling(model)` and `auto_scale_loss` (default `True`),
-    the optimizer is wrapped in `kpe.LossScaleOptimizer`; a model that needs
-    no scaling compiles as it would. With the plugin installed, plain
-    `model.compile(...)` does the same.
+    `model.compile(optimizer, **kwargs)`, except that when
+    `needs_loss_scaling(model)` and `auto_scale_loss` (default `True`), the
+    optimizer is wrapped in `kpe.LossScaleOptimizer`; a model that needs no
+    scaling compiles as it would. With the plugin installed, plain
+    `model.compile(...)` does the same. (Formerly `kpe.compile`, a name that
+    shadowed Python's builtin; that alias still works and warns.)
+
+    Args:
+        model: the `keras.Model` to compile.
+        optimizer: an optimizer or its name, as `Model.compile` takes it.
+        **kwargs: the other arguments of `Model.compile` (`loss`, `metrics`,
+            ..., and `auto_scale_loss`).
+
+    Raises:
+        ValueError: what `Model.compile` raises for its arguments (an unknown
+            optimizer name, for example).
 
     >>> import keras, keras_policy_ext as kpe
-    >>> with kpe.config.policy_scope("mixed_float16"):
+    >>> with kpe.policy_scope("mixed_float16"):
     ...     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    >>> kpe.compile(model, "sgd", loss="mse")
-    >>> type(model.optimizer).__module__, model.optimizer.floor
-    ('keras_policy_ext.scaled_fit', 1.0)
+    >>> kpe.compile_model(model, "sgd", loss="mse")
+    >>> type(model.optimizer).__name__, model.optimizer.floor
+    ('LossScaleOptimizer', 1.0)
     """
     auto_scale_loss = kwargs.pop("auto_scale_loss", True)
     optimizer = scaled_optimizer(model, optimizer, auto_scale_loss)

@@ -14,7 +14,7 @@ dtype, or the spec is a `ValueError` (kpe's float32 outputs are
 `kpe.with_float32_outputs`); `half` is float16 on every device (jmp picks
 bfloat16 on a TPU); a key given twice is an error (jmp keeps the last).
 
->>> from keras_policy_ext.grammar import parse_roles
+>>> from keras_policy_ext.roles import parse_roles
 >>> parse_roles("p=f32,c=bf16")
 ('mixed_bfloat16', 'bfloat16', 'float32')
 >>> parse_roles("c=bf16")  # params default to float32, as in jmp
@@ -48,7 +48,13 @@ def is_role_spec(name: str) -> bool:
     Keras's own names (`"float16"`, `"mixed_bfloat16"`, ...) are not: none of
     the short forms is a name Keras accepts.
 
-    >>> from keras_policy_ext.grammar import is_role_spec
+    Args:
+        name: a policy name.
+
+    Returns:
+        `True` for a role spec (`"c=bf16"`, `"half"`), `False` otherwise.
+
+    >>> from keras_policy_ext.roles import is_role_spec
     >>> is_role_spec("c=bf16"), is_role_spec("half"), is_role_spec("float16")
     (True, True, False)
     """
@@ -72,7 +78,14 @@ def _dtype(spec: str, key: str, value: str) -> str:
 def canonical_name(compute: str, variable: str) -> str:
     """Keras's name for the dtypes if it has one, else the long role form.
 
-    >>> from keras_policy_ext.grammar import canonical_name
+    Args:
+        compute: the compute dtype's name.
+        variable: the variable dtype's name.
+
+    Returns:
+        The policy's canonical name, as `kpe.DTypePolicy` spells it.
+
+    >>> from keras_policy_ext.roles import canonical_name
     >>> canonical_name("bfloat16", "float32"), canonical_name("float32", "float64")
     ('mixed_bfloat16', 'params=float64,compute=float32')
     """
@@ -82,7 +95,23 @@ def canonical_name(compute: str, variable: str) -> str:
 
 
 def parse_roles(spec: str) -> tuple[str, str, str]:
-    """`(canonical name, compute dtype, variable dtype)` of a role spec (see the module)."""
+    """Parses a role spec, as jmp's `get_policy` reads it (see the module).
+
+    Args:
+        spec: a role spec: `"params=float32,compute=bfloat16"`, `"c=bf16"`,
+            or a short form alone (`"half"`).
+
+    Returns:
+        `(canonical name, compute dtype, variable dtype)`.
+
+    Raises:
+        ValueError: a bad key, a bad dtype, a key given twice, or an output
+            dtype other than the compute dtype; the message names the part.
+
+    >>> from keras_policy_ext.roles import parse_roles
+    >>> parse_roles("p=bf16,c=f32")
+    ('params=bfloat16,compute=float32', 'float32', 'bfloat16')
+    """
     if "=" not in spec:
         dtype = _dtype(spec, "every role", spec)
         return canonical_name(dtype, dtype), dtype, dtype

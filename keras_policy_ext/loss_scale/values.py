@@ -39,14 +39,6 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = [
-    "DynamicLossScale",
-    "LossScaleStuckError",
-    "StaticLossScale",
-    "all_finite",
-    "check_settings",
-]
-
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -63,16 +55,30 @@ def check_settings(
     initial_name: str = "initial",
     period_name: str = "period",
 ) -> tuple[float, float, float, int]:
-    """Validates a dynamic loss scale's settings; `(initial, floor, ceiling, period)`.
+    """Validates a dynamic loss scale's settings.
 
     The one check behind `DynamicLossScale` and `kpe.LossScaleOptimizer`
     (which names `initial` `initial_scale` and `period`
     `dynamic_growth_steps`): `floor` and `ceiling` finite with
     `0 < floor <= ceiling`, `floor <= initial <= ceiling` (an initial scale
-    out of bounds is an error, not clipped), `period` an int >= 1. Bad types
-    are `TypeError`s, bad values `ValueError`s, each naming the value.
+    out of bounds is an error, not clipped), `period` an int >= 1.
 
-    >>> from keras_policy_ext.loss_scale import check_settings
+    Args:
+        initial: the first scale.
+        floor: the lowest scale.
+        ceiling: the highest scale.
+        period: finite steps in a row before the scale grows.
+        initial_name: the name of `initial` in error messages.
+        period_name: the name of `period` in error messages.
+
+    Returns:
+        `(initial, floor, ceiling, period)`: three floats and an int.
+
+    Raises:
+        TypeError: a setting of the wrong type, named.
+        ValueError: a setting out of its range, named with the range.
+
+    >>> from keras_policy_ext.loss_scale.values import check_settings
     >>> check_settings(2.0**15, 1, 2.0**24, 2000)
     (32768.0, 1.0, 16777216.0, 2000)
     >>> check_settings(2.0**30, 1, 2.0**24, 2000, initial_name="initial_scale")
@@ -104,7 +110,13 @@ def check_settings(
 
 
 def all_finite(tree: Any) -> Any:
-    """A boolean scalar tensor: whether every tensor in `tree` is finite.
+    """Whether every tensor in `tree` is finite, as a boolean scalar tensor.
+
+    Args:
+        tree: a nested structure of tensors (gradients); `None`s are skipped.
+
+    Returns:
+        A boolean scalar tensor (`True` for a tree without tensors).
 
     >>> import numpy as np, keras_policy_ext as kpe
     >>> bool(kpe.loss_scale.all_finite({"a": np.ones(2), "b": [np.array([1.0, np.inf])]}))
@@ -120,11 +132,34 @@ class _LossScale:
     loss_scale: Any
 
     def scale(self, loss: Any) -> Any:
-        """`loss * loss_scale`, in the loss's dtype (compute the loss in float32)."""
+        """Multiplies the loss by the scale, before differentiation.
+
+        Args:
+            loss: the loss tensor (compute it in float32).
+
+        Returns:
+            `loss * loss_scale`, in the loss's dtype.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> float(kpe.loss_scale.StaticLossScale(8.0).scale(keras.ops.convert_to_tensor(0.5)))
+        4.0
+        """
         return ops.multiply(loss, ops.cast(self.loss_scale, loss.dtype))
 
     def unscale(self, grads: Any) -> Any:
-        """`grads / loss_scale`, each gradient (a tree; `None`s kept) in its own dtype."""
+        """Divides the gradients by the scale, after differentiation.
+
+        Args:
+            grads: a tree of gradients; `None`s are kept.
+
+        Returns:
+            The same tree, each gradient divided by the scale in its own dtype.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> grads = kpe.loss_scale.StaticLossScale(8.0).unscale([keras.ops.ones(2), None])
+        >>> keras.ops.convert_to_numpy(grads[0]).tolist(), grads[1]
+        ([0.125, 0.125], None)
+        """
         inverse = ops.divide(1.0, self.loss_scale)
         return keras.tree.map_structure(
             lambda g: None if g is None else ops.multiply(g, ops.cast(inverse, g.dtype)), grads
@@ -133,6 +168,9 @@ class _LossScale:
 
 class StaticLossScale(_LossScale):
     """A fixed loss scale.
+
+    Args:
+        loss_scale: the scale, a number or a scalar tensor (held as float32).
 
     >>> import keras, keras_policy_ext as kpe
     >>> scale = kpe.loss_scale.StaticLossScale(128.0)
@@ -146,7 +184,14 @@ class StaticLossScale(_LossScale):
         self.loss_scale = ops.convert_to_tensor(loss_scale, "float32")
 
     def adjust(self, grads_finite: Any) -> StaticLossScale:
-        """The same scale: a static scale does not move."""
+        """The same scale: a static scale does not move.
+
+        Args:
+            grads_finite: whether the step's gradients were all finite (unused).
+
+        Returns:
+            This loss scale.
+        """
         return self
 
     def tree_flatten(self) -> tuple[tuple, None]:
@@ -168,20 +213,37 @@ class StaticLossScale(_LossScale):
 
 
 class LossScaleStuckError(RuntimeError):
-    """`DynamicLossScale.check` found the scale stuck at its floor."""
+    """`DynamicLossScale.check` found the scale stuck at its floor.
+
+    >>> import keras_policy_ext as kpe
+    >>> issubclass(kpe.loss_scale.LossScaleStuckError, RuntimeError)
+    True
+    """
 
 
 class DynamicLossScale(_LossScale):
     """A loss scale that follows the gradients, within `[floor, ceiling]`.
 
-    `initial`: the first scale (Keras's default, 2**15), within
-    `[floor, ceiling]`. `period`: finite steps in a row before the scale
-    grows. `factor`: what it grows and shrinks by. `floor`, `ceiling`: its
-    bounds. Bad settings raise as `kpe.LossScaleOptimizer`'s do
-    (`check_settings`). Telemetry, as tensors: `skipped_steps` (steps with
-    non-finite gradients, in all) and `floor_steps` (non-finite steps in a
-    row that left the scale at its floor: a finite step resets it, since
-    training at the floor is still training); `check()` acts on them.
+    Telemetry, as tensors: `skipped_steps` (steps with non-finite
+    gradients, in all) and `floor_steps` (non-finite steps in a row that
+    left the scale at its floor: a finite step resets it, since training at
+    the floor is still training); `check()` acts on them.
+
+    Args:
+        initial: the first scale (Keras's default, 2**15), within
+            `[floor, ceiling]`.
+        period: finite steps in a row before the scale grows.
+        factor: what the scale grows and shrinks by, > 1.
+        floor: the lowest scale, > 0.
+        ceiling: the highest scale.
+        counter: finite steps in a row so far (restored state).
+        skipped_steps: non-finite steps so far (restored state).
+        floor_steps: non-finite steps in a row at the floor (restored state).
+
+    Raises:
+        TypeError: a setting of the wrong type (`check_settings`).
+        ValueError: a setting out of range (`check_settings`), or
+            `factor <= 1`.
 
     >>> import keras, keras_policy_ext as kpe
     >>> scale = kpe.loss_scale.DynamicLossScale(initial=4.0, period=2, ceiling=8.0)
@@ -213,7 +275,21 @@ class DynamicLossScale(_LossScale):
         self.floor_steps = ops.convert_to_tensor(floor_steps, "int32")
 
     def adjust(self, grads_finite: Any) -> DynamicLossScale:
-        """The scale after a step whose gradients were (not) all finite."""
+        """The scale after a step: halved after non-finite gradients, grown after `period`.
+
+        Args:
+            grads_finite: a boolean (scalar tensor): whether the step's
+                gradients were all finite (`all_finite(grads)`).
+
+        Returns:
+            A new `DynamicLossScale` (this one is unchanged), within
+            `[floor, ceiling]`, its telemetry updated.
+
+        >>> import keras, keras_policy_ext as kpe
+        >>> scale = kpe.loss_scale.DynamicLossScale(initial=8.0)
+        >>> float(scale.adjust(keras.ops.convert_to_tensor(False))), float(scale)
+        (4.0, 8.0)
+        """
         finite = ops.convert_to_tensor(grads_finite, "bool")
         grow = ops.logical_and(finite, ops.equal(self.counter, self.period - 1))
         scale = ops.where(
@@ -245,6 +321,17 @@ class DynamicLossScale(_LossScale):
         Finite steps at the floor are not counted (a floor of 1 is no scaling,
         and training there is fine).
 
+        Args:
+            max_floor_steps: how many non-finite steps in a row at the floor
+                are tolerated.
+            on_stuck: `"warn"` or `"raise"`.
+
+        Raises:
+            LossScaleStuckError: with `on_stuck="raise"`, when stuck.
+            ValueError: an `on_stuck` other than `"warn"` or `"raise"`, or a
+                negative `max_floor_steps`.
+            TypeError: a `max_floor_steps` that is not an int.
+
         >>> import keras, keras_policy_ext as kpe
         >>> scale = kpe.loss_scale.DynamicLossScale(initial=1.0, floor=1.0)
         >>> for _ in range(100):
@@ -255,7 +342,7 @@ class DynamicLossScale(_LossScale):
         >>> scale.check(max_floor_steps=10, on_stuck="raise")
         Traceback (most recent call last):
         ...
-        keras_policy_ext.loss_scale.LossScaleStuckError: The loss scale spent 11 steps at its ...
+        keras_policy_ext.loss_scale.values.LossScaleStuckError: The loss scale spent 11 steps ...
         """
         if on_stuck not in ("warn", "raise"):
             raise ValueError(f"Invalid on_stuck={on_stuck!r}: expected 'warn' or 'raise'.")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
-from keras_policy_ext import scaled_fit
+from keras_policy_ext.loss_scale import optimizer as loss_scale_optimizer
 
 BACKEND = keras.backend.backend()
 
@@ -33,7 +33,7 @@ def mlp(policy=None, rules=None):
 def test_scaling_is_keyed_on_dtypes(policy, scaled):
     model = mlp(policy)
     assert kpe.needs_loss_scaling(model) is scaled
-    kpe.compile(model, "sgd", loss="mse")
+    kpe.compile_model(model, "sgd", loss="mse")
     assert isinstance(model.optimizer, kpe.LossScaleOptimizer) is scaled
 
 
@@ -54,13 +54,13 @@ def test_rules_that_put_one_layer_in_float16_get_scaling():
 
 def test_auto_scale_loss_false_is_respected():
     model = mlp("mixed_float16")
-    kpe.compile(model, "sgd", loss="mse", auto_scale_loss=False)
+    kpe.compile_model(model, "sgd", loss="mse", auto_scale_loss=False)
     assert not isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
 
 
 def test_fit_never_lets_the_scale_reach_zero():
     model = mlp("mixed_float16")
-    kpe.compile(model, keras.optimizers.SGD(1e-3), loss="mse", run_eagerly=False)
+    kpe.compile_model(model, keras.optimizers.SGD(1e-3), loss="mse", run_eagerly=False)
     x = np.ones((8, 4), "float32")
     y = np.full((8, 1), np.inf, "float32")  # every step's gradients are non-finite
     model.fit(x, y, epochs=200, batch_size=8, verbose=0)
@@ -71,7 +71,7 @@ def test_fit_never_lets_the_scale_reach_zero():
 
 def test_fit_trains_and_keeps_variables_float32():
     model = mlp("mixed_float16")
-    kpe.compile(model, keras.optimizers.Adam(1e-2), loss="mse")
+    kpe.compile_model(model, keras.optimizers.Adam(1e-2), loss="mse")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 4)).astype("float32")
     y = x.sum(axis=1, keepdims=True)
@@ -95,7 +95,7 @@ def test_star_import_leaves_builtins_alone():
     imported = {name for name in namespace if name != "__builtins__"}
     assert imported == set(kpe.__all__)
     assert not imported & set(dir(builtins)), imported & set(dir(builtins))
-    assert kpe.compile is scaled_fit.compile  # still reachable as kpe.compile
+    assert kpe.compile_model is loss_scale_optimizer.compile_model
 
 
 # Runs in a fresh process where keras_policy_ext cannot be imported: it prints
@@ -135,7 +135,7 @@ print(json.dumps(found))
 def test_a_kpe_compiled_model_loads_without_kpe_only_with_compile_false(tmp_path):
     """Documented choice: the optimizer is kpe's, so plain Keras needs `compile=False`."""
     model = mlp("mixed_float16")
-    kpe.compile(model, keras.optimizers.SGD(1e-3), loss="mse")
+    kpe.compile_model(model, keras.optimizers.SGD(1e-3), loss="mse")
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
     model.fit(x, np.ones((8, 1), "float32"), epochs=2, verbose=0)
     path, x_path = tmp_path / "model.keras", tmp_path / "x.npy"
@@ -151,12 +151,12 @@ def test_a_kpe_compiled_model_loads_without_kpe_only_with_compile_false(tmp_path
     kind, message = found["error"]
     assert kind == "TypeError"
     # Keras 3.8's words: "Could not deserialize class ... because its parent module
-    # keras_policy_ext.scaled_fit cannot be imported"; 3.9 and newer's: "Could not locate".
+    # ... cannot be imported"; 3.9 and newer's: "Could not locate class ...".
     assert message.startswith(
         ("Could not locate class 'LossScaleOptimizer'. Make sure custom",
          "Could not deserialize class 'LossScaleOptimizer' because its parent module")
     )  # fmt: skip
-    assert "'module': 'keras_policy_ext.scaled_fit'" in message
+    assert "'module': 'keras_policy_ext.loss_scale.optimizer'" in message
     expected = keras.ops.convert_to_numpy(model(x)).astype("float32")
     np.testing.assert_allclose(found["output"], expected, rtol=1e-3)
     assert found["policies"] == ["mixed_float16", "mixed_float16"]

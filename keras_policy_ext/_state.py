@@ -5,7 +5,7 @@ in: `keras.utils.clear_session()` starts a new one, which resets it) and
 the context-local scope (policy and rules). `keras_policy_ext.config` is
 its public face; the policy module reads `in_force()` for `DTypePolicy(None)`.
 
->>> from keras_policy_ext.global_state import PolicyState
+>>> from keras_policy_ext._state import PolicyState
 >>> state = PolicyState()
 >>> state.in_force() is None  # nothing set: the policy of floatx
 True

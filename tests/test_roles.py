@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import keras_policy_ext as kpe
-from keras_policy_ext.grammar import DTYPE_ALIASES
+from keras_policy_ext.roles import DTYPE_ALIASES
 
 FLOATS = ["float16", "bfloat16", "float32", "float64"]
 

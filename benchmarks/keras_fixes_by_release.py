@@ -90,7 +90,10 @@ def table(rows: list[dict]) -> str:
     lines.append("")
     lines.append(
         f"Probed on {', '.join(backends)}; a cell names the backends where Keras (with its "
-        "own policies) has the defect, so `install()` applies the fix there."
+        "own policies) has the defect, so `install()` applies the fix there. "
+        "`conv3d_bf16_weight_gradient` is a defect of the CPU's oneDNN kernel, not of "
+        "Keras: its row holds on a CPU with AVX-512 bf16, as the one this table was "
+        "generated on."
     )
     return "\n".join(lines)
 

@@ -13,6 +13,8 @@ applies the fix there); "-" where none does.
 
 `--json FILE` saves the rows probed, `--rows FILE...` adds saved rows (one
 environment whose Keras is swapped between releases gives one file each).
+benchmarks/results/keras_fixes_by_release.json holds the rows of the table in
+docs/keras_fixes.md (`--rows` it to regenerate the table, with new rows added).
 `--child` (internal) prints one backend's probes as JSON.
 """
 

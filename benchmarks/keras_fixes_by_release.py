@@ -13,6 +13,8 @@ applies the fix there); "-" where none does.
 
 `--json FILE` saves the rows probed, `--rows FILE...` adds saved rows (one
 environment whose Keras is swapped between releases gives one file each).
+benchmarks/results/keras_fixes_by_release.json holds the rows of the table in
+docs/keras_fixes.md (`--rows` it to regenerate the table, with new rows added).
 `--child` (internal) prints one backend's probes as JSON.
 """
 
@@ -90,7 +92,10 @@ def table(rows: list[dict]) -> str:
     lines.append("")
     lines.append(
         f"Probed on {', '.join(backends)}; a cell names the backends where Keras (with its "
-        "own policies) has the defect, so `install()` applies the fix there."
+        "own policies) has the defect, so `install()` applies the fix there. "
+        "`conv3d_bf16_weight_gradient` is a defect of the CPU's oneDNN kernel, not of "
+        "Keras: its row holds on a CPU with AVX-512 bf16, as the one this table was "
+        "generated on."
     )
     return "\n".join(lines)
 

@@ -1,6 +1,8 @@
 """.keras round trips of models carrying kpe policies, within and across backends."""
 
+import json
 import pathlib
+import zipfile
 
 import keras
 import numpy as np
@@ -49,10 +51,20 @@ def test_plugin_loads_keras_saved_policies_as_kpe_policies(tmp_path):
         assert policy == kpe.DTypePolicy("mixed_bfloat16")
 
 
+def _release(version):
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
 @pytest.mark.parametrize("source", BACKENDS)
 def test_load_a_model_saved_on_another_backend(source):
     if source == keras.backend.backend():
         pytest.skip("same backend: covered by the round-trip tests")
+    with zipfile.ZipFile(DATA / f"{source}.keras") as archive:
+        written_by = json.loads(archive.read("metadata.json"))["keras_version"]
+    if _release(keras.__version__) < _release(written_by):
+        # Keras reads the files its own release or an older one wrote: 3.15's
+        # GlorotUniform config has input_axes, which Keras 3.8 rejects.
+        pytest.skip(f"the file was saved by Keras {written_by}; this is Keras {keras.__version__}")
     saved = np.load(DATA / f"{source}.npz")
     kpe.install()
     model = keras.saving.load_model(DATA / f"{source}.keras")

@@ -68,7 +68,7 @@ def _get(identifier: Any = None) -> keras.DTypePolicy:
         policy = placing.place(layer, path, fallback)
     else:
         policy = dtype_policies.get(identifier)
-    reason = fixes.refusal(layer, policy)
+    reason = fixes.refusal(layer, policy, name)
     if reason is not None:
         raise PolicyRefusedError(reason)
     return policy

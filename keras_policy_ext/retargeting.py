@@ -18,15 +18,20 @@ def _replace_policies(
 ) -> Any:
     """A copy of a model config with every float layer policy set to `policy`.
 
-    `None` lets the scope (and its rules) decide. Layers named in `keep` and
-    `InputLayer`s keep their dtype (an `InputLayer`'s is a tensor dtype, not
-    a policy); quantized policies and `DTypePolicyMap`s are left as they are.
+    `None` lets the scope (and its rules) decide. Layers named in `keep`,
+    `InputLayer`s and operations keep their dtype (an `InputLayer`'s and an
+    operation's are tensor dtypes, not policies); quantized policies and
+    `DTypePolicyMap`s are left as they are.
     """
     if isinstance(node, list):
         return [_replace_policies(item, policy, keep) for item in node]
     if not isinstance(node, dict):
         return node
     if node.get("class_name") == "InputLayer":
+        return node
+    if str(node.get("module", "")).startswith("keras.src.ops"):
+        # An operation of a functional model (`ops.cast` is `Cast`): its `dtype`
+        # is a tensor dtype. Keras 3.8 writes its config without a name.
         return node
     out = {k: _replace_policies(v, policy, keep) for k, v in node.items()}
     if "dtype" in node and node.get("name") not in keep and _is_float_policy(node["dtype"]):

@@ -14,6 +14,9 @@ from keras_policy_ext.internals import versions
 ROOT = pathlib.Path(__file__).parents[1]
 BACKEND = keras.backend.backend()
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
+# Fixes whose probe finds a defect of the CPU's kernels (AVX-512 bf16), whatever the
+# Keras release: the table records the machine it was generated on.
+CPU_DEPENDENT = {"conv3d_bf16_weight_gradient"}
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import keras_fixes_by_release as generator  # noqa: E402
@@ -46,6 +49,8 @@ def test_the_running_keras_column_agrees_with_the_probes(fix):
         pytest.skip(f"Keras {keras.__version__} is not a release the table covers")
     if not fix.concerns():
         pytest.skip(f"{fix.name} concerns {', '.join(fix.backends)} only")
+    if fix.name in CPU_DEPENDENT:
+        pytest.skip(f"{fix.name}'s defect is the CPU's oneDNN kernel's, not Keras's")
     if fix.probe_on_call and not HAS_TF:
         pytest.skip(f"{fix.name}'s probe runs a TensorFlow-backed layer; TF is not installed")
     cell = table[fix.name][keras.__version__]

@@ -154,9 +154,16 @@ def test_safe_mode_false_trusts_the_file_and_imports_what_it_names(payload, tmp_
     assert payload.marker.exists()
     assert kpe.saving.rules_of(loaded).rules[0].layer is sys.modules[payload.module].Thing
     x = np.ones((2, 4), "float32")
-    np.testing.assert_array_equal(
+    # The payload's class took the LayerNormalization rule's place, so the loaded
+    # LayerNormalization computes under the default, mixed_bfloat16: the same
+    # outputs within bfloat16's precision (Keras 3.15 happens to round them alike,
+    # Keras 3.8 does not).
+    assert loaded.layers[-1].dtype_policy.name == "mixed_bfloat16"
+    np.testing.assert_allclose(
         keras.ops.convert_to_numpy(keras.ops.cast(loaded(x), "float32")),
         keras.ops.convert_to_numpy(keras.ops.cast(model(x), "float32")),
+        rtol=1e-2,
+        atol=1e-2,
     )
 
 

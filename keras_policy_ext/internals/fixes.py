@@ -1267,10 +1267,11 @@ def applied() -> tuple[str, ...]:
 # Refusals: what a backend cannot honour.
 
 
-def refusal(layer: Any, policy: Any = None) -> str | None:
+def refusal(layer: Any, policy: Any = None, name: str | None = None) -> str | None:
     """Why `layer` must be refused under the kpe `policy` on this backend, else `None`.
 
-    `policy` defaults to the layer's own. Only kpe policies are judged (Keras's
+    `policy` defaults to the layer's own, `name` to the layer's (Keras 3.10 and
+    older resolve a layer's policy before they set its name). Only kpe policies are judged (Keras's
     own policies keep Keras's behaviour: `None`). The message names the
     backend, the cause and the fix. Call it once the layer's `__init__` has
     run; a cause that depends on an attribute the layer has not set yet is
@@ -1294,7 +1295,8 @@ def refusal(layer: Any, policy: Any = None) -> str | None:
     if not is_kpe_policy(policy):
         return None
     backend = keras.backend.backend()
-    what = f"{type(layer).__name__} {getattr(layer, 'name', '?')!r} under policy {policy.name!r}"
+    name = getattr(layer, "name", "?") if name is None else name
+    what = f"{type(layer).__name__} {name!r} under policy {policy.name!r}"
     head = f"keras_policy_ext refuses {what} on the {backend} backend: "
     unholdable = cannot_hold({policy.compute_dtype, policy.variable_dtype}, backend)
     if unholdable is not None:

@@ -22,7 +22,9 @@ import numpy as np
 from keras.src.backend.common import global_state
 from keras.src.random import seed_generator
 
-_GLOBAL_SEED_GENERATOR = seed_generator.GLOBAL_SEED_GENERATOR
+# Keras's global-state key of its global SeedGenerator: a named constant since
+# Keras 3.12, the same string written out in 3.8 to 3.11.
+_GLOBAL_SEED_GENERATOR = getattr(seed_generator, "GLOBAL_SEED_GENERATOR", "global_seed_generator")
 _NAME_UIDS = "object_name_uids"
 
 

@@ -83,6 +83,15 @@ class LossScaleOptimizer(keras.optimizers.LossScaleOptimizer):
         super().__init__(inner_optimizer, initial_scale, dynamic_growth_steps, **kwargs)
         self.floor, self.ceiling = floor, ceiling
 
+    @property
+    def iterations(self) -> Any:
+        """The steps taken: the inner optimizer's count, as Keras 3.9 and newer's.
+
+        Keras 3.8 counts the wrapper's own steps, which its `apply` never
+        advances (it stays 0 while the inner optimizer steps).
+        """
+        return self.inner_optimizer.iterations
+
     def _clipped(self, scale: Any) -> Any:
         return ops.clip(scale, self.floor, self.ceiling)
 

@@ -13,6 +13,7 @@ without paying for a backend it never runs. A factory loads Keras when called.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable
 from importlib.metadata import version
@@ -126,7 +127,10 @@ def _torch_module() -> keras.Layer:
     # taken from there, so that kpe itself imports no backend.
     torch = sys.modules["torch"]
     torch.manual_seed(0)
-    return L.TorchModuleWrapper(torch.nn.Linear(8, 4), output_shape=(2, 4))
+    # `output_shape` came with Keras 3.10; older releases trace the module instead.
+    takes = inspect.signature(L.TorchModuleWrapper).parameters
+    shape = {"output_shape": (2, 4)} if "output_shape" in takes else {}
+    return L.TorchModuleWrapper(torch.nn.Linear(8, 4), **shape)
 
 
 def _integer_lookup(output_mode: str = "int") -> keras.Layer:

@@ -35,6 +35,7 @@ for these fixes; see docs/keras_fixes.md for each defect's cause.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import sys
 import threading
@@ -776,6 +777,8 @@ def _make_hashed_crossing_call(original: Callable) -> Callable:
 
 
 def _probe_hashed_crossing() -> bool:
+    if importlib.util.find_spec("tensorflow") is None:
+        return False  # HashedCrossing runs on TensorFlow: without it, it cannot run at all
     for policy in ("mixed_float16", "mixed_bfloat16"):
         layer = keras.layers.HashedCrossing(
             3, output_mode="one_hot", dtype=keras.DTypePolicy(policy), name="kpe_probe"

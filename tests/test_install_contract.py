@@ -83,9 +83,9 @@ def _test_fix(name, probe, targets):
     )
 
 
-def test_a_fix_failing_half_way_leaves_keras_as_before(monkeypatch, clean):
-    """Its first target is patched, its second fails: every fix applied before it
-    (the real ones this backend needs) and its own first patch are reverted."""
+@pytest.fixture
+def half_failing_fix(monkeypatch):
+    """A last fix whose first target patches and whose second fails."""
     half = _test_fix(
         "kpe_test_half_failing",
         lambda: True,
@@ -95,6 +95,12 @@ def test_a_fix_failing_half_way_leaves_keras_as_before(monkeypatch, clean):
         ),
     )
     monkeypatch.setattr(keras_fixes, "FIXES", (*keras_fixes.FIXES, half))
+    return half
+
+
+def test_a_fix_failing_half_way_leaves_keras_as_before(half_failing_fix, clean):
+    """Its first target is patched, its second fails: every fix applied before it
+    (the real ones this backend needs) and its own first patch are reverted."""
     with pytest.raises(RuntimeError, match="cannot be made"):
         kpe.install()
     assert_keras_as(clean)
@@ -103,16 +109,7 @@ def test_a_fix_failing_half_way_leaves_keras_as_before(monkeypatch, clean):
     assert_keras_as(clean)
 
 
-def test_apply_all_is_all_or_nothing(monkeypatch, clean):
-    half = _test_fix(
-        "kpe_test_half_failing",
-        lambda: True,
-        (
-            keras_fixes.Target(DENSE, "compute_output_shape", _passing),
-            keras_fixes.Target(DENSE, "get_config", _failing),
-        ),
-    )
-    monkeypatch.setattr(keras_fixes, "FIXES", (*keras_fixes.FIXES, half))
+def test_apply_all_is_all_or_nothing(half_failing_fix, clean):
     with pytest.raises(RuntimeError, match="cannot be made"):
         keras_fixes.apply_all(force=True)
     assert_keras_as(clean)

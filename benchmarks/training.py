@@ -63,7 +63,8 @@ Run from the repository root:
 
     python benchmarks/training.py                   # every importable backend
     python benchmarks/training.py --backend torch
-    python benchmarks/training.py --quick           # smoke run, for tests
+    python benchmarks/training.py --quick           # smoke run
+    python benchmarks/training.py --backend jax --models transformer_block
 
 `--quick` runs 1 round of 1 epoch on 64 samples (2 steps). The script prints one
 Markdown table; it reports what it measures and judges nothing (on CPU,
@@ -170,7 +171,7 @@ def measure(backend: str, args: argparse.Namespace) -> list[dict]:
     assert keras.backend.backend() == backend, keras.backend.backend()
     results = {
         (model_name, policy_name): _measure_pair(model_name, policy_name, args)
-        for model_name in MODELS
+        for model_name in args.models
         for policy_name in POLICIES
     }
 
@@ -180,7 +181,7 @@ def measure(backend: str, args: argparse.Namespace) -> list[dict]:
         return "-"
 
     rows = []
-    for model_name in MODELS:
+    for model_name in args.models:
         for policy_name in POLICIES:
             for source in SOURCES:
                 result = results[model_name, policy_name][source]
@@ -207,7 +208,8 @@ def measure(backend: str, args: argparse.Namespace) -> list[dict]:
 
 def _run_child(backend: str, args: argparse.Namespace) -> tuple[list[dict], bool]:
     """Runs `measure` for `backend` in a fresh process; its rows, and whether it ran."""
-    flags = ["--rounds", str(args.rounds)] + (["--quick"] if args.quick else [])
+    flags = ["--rounds", str(args.rounds), "--models", *args.models]
+    flags += ["--quick"] if args.quick else []
     rows, status = run_child(__file__, backend, flags)
     if rows is not None:
         return rows, True
@@ -246,6 +248,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="a fast smoke run (1 round, 1 epoch of 64 samples)"
     )
     parser.add_argument("--rounds", type=int, help="timed fits per configuration (default 5)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     args = parser.parse_args(argv)
     if args.rounds is None:
         args.rounds = 1 if args.quick else 5

@@ -6,7 +6,10 @@ import subprocess
 import sys
 
 import keras
+import pytest
 
+# The script's plumbing, the same on every backend: `tools` (tox.ini).
+pytestmark = pytest.mark.tools
 ROOT = pathlib.Path(__file__).parents[1]
 BACKEND = keras.backend.backend()
 SMALL = ("--layers", "Dense,Softmax", "--policies", "float32,mixed_bfloat16")

@@ -114,6 +114,7 @@ def events_of(processes):
     return [e["case"] for e in events if "case" in e]
 
 
+@pytest.mark.tools
 def test_a_run_split_across_processes_checks_the_same_cases():
     alone, split = events_of(1), events_of(2)
     assert [c["layer"] for c in alone] == [c["layer"] for c in split]
@@ -154,17 +155,22 @@ SHALLOW = {
 }
 
 
-def kernel_updates(factory, policy, weights, x, target):
-    """The first trainable variable's update after one SGD(1.0) step."""
+def kernel_updates(factory, policy, weights, x, target, calls=1):
+    """The first trainable variable's update after one SGD(1.0) step from `weights`,
+    taken `calls` times by one model (each from the same weights): a list."""
     with kpe.config.policy_scope(policy):
         layer = factory()
         inputs = keras.Input(batch_shape=x.shape)
         model = keras.Model(inputs, layer(inputs))
         model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse", run_eagerly=True)
-    layer.set_weights(weights)
-    before = ops.convert_to_numpy(layer.trainable_weights[0]).astype("float32")
-    model.train_on_batch(x, target)
-    return ops.convert_to_numpy(layer.trainable_weights[0]).astype("float32") - before
+    updates = []
+    for _ in range(calls):
+        layer.set_weights(weights)
+        before = ops.convert_to_numpy(layer.trainable_weights[0]).astype("float32")
+        model.train_on_batch(x, target)
+        after = ops.convert_to_numpy(layer.trainable_weights[0]).astype("float32")
+        updates.append(after - before)
+    return updates
 
 
 @pytest.mark.parametrize("name", sorted(SHALLOW))
@@ -176,12 +182,13 @@ def test_bf16_3d_conv_weight_gradients_match_float32_under_kpe_10_calls_in_a_row
     reference = factory()
     target = rng.normal(size=ops.shape(reference(x))).astype("float32")
     weights = [ops.convert_to_numpy(w) for w in reference.weights]
-    expected = kernel_updates(factory, "float32", weights, x, target)
-    errors = []
+    (expected,) = kernel_updates(factory, "float32", weights, x, target)
+    # oneDNN's kernel (torch, TensorFlow) is wrong on practically every call and NaN
+    # on some: 10 calls. JAX's XLA convolution is deterministic: 2 show it repeats.
+    calls = 10 if BACKEND in ("torch", "tensorflow") else 2
     with kpe.installed():
-        for _ in range(10):
-            update = kernel_updates(factory, kpe.DTypePolicy(policy), weights, x, target)
-            errors.append(float(np.max(np.abs(update - expected)) / np.max(np.abs(expected))))
+        updates = kernel_updates(factory, kpe.DTypePolicy(policy), weights, x, target, calls)
+    errors = [float(np.max(np.abs(u - expected)) / np.max(np.abs(expected))) for u in updates]
     assert all(e <= TOLERANCES["bfloat16"] for e in errors), errors
 
 
@@ -224,6 +231,7 @@ def cli(*args, env):
 ONE = ["--backends", BACKEND, "--policies", "float32,mixed_bfloat16", "--kpe-only"]
 
 
+@pytest.mark.tools
 def test_a_target_can_return_the_options_its_layer_needs(env):
     result = cli("check", *ONE, "kpe_verdict_targets:head", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -234,6 +242,7 @@ def test_a_target_can_return_the_options_its_layer_needs(env):
     assert "'output_type'" in result.stderr and "output_dtype" in result.stderr, result.stderr
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -251,6 +260,7 @@ def test_usage_errors_exit_2_before_any_backend_starts(env, args, message):
     assert not result.stdout.strip(), result.stdout
 
 
+@pytest.mark.tools
 def test_the_seed_is_recorded_in_json_and_junit(env, tmp_path):
     base = ["check", "--backends", BACKEND, "--layers", "Dense", "--policies", "bfloat16"]
     result = cli(*base, "--seed", "7", "--format", "json", env=env)

@@ -14,6 +14,7 @@ import pytest
 
 import keras_policy_ext as kpe
 from keras_policy_ext.cli import main
+from keras_policy_ext.cli.quiet import is_native_log
 
 BACKEND = keras.backend.backend()
 ONE = ["--backends", BACKEND, "--policies", "float32,mixed_bfloat16"]
@@ -91,6 +92,10 @@ def test_check_zoo_layers_that_conform_exits_0():
     quiet = cli("check", *ONE, "--layers", "Dense,Softmax")  # without --all: no row is bad
     assert quiet.returncode == 0 and "layer" not in quiet.stdout.split()
     assert "No case has findings or was refused" in quiet.stdout
+    # The backend's native logs (TensorFlow's, XLA's) never reach the terminal.
+    for run in (result, quiet):
+        noisy = [l for l in (run.stdout + run.stderr).splitlines() if is_native_log(l)]
+        assert not noisy, noisy
 
 
 def test_check_a_wrong_target_exits_1_and_names_the_deviation(targets):
@@ -102,6 +107,7 @@ def test_check_a_wrong_target_exits_1_and_names_the_deviation(targets):
     assert "out float32" in " ".join(row)
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize(
     "target, message",
     [
@@ -118,6 +124,7 @@ def test_a_target_that_cannot_be_imported_or_built_exits_2(targets, target, mess
     assert message in result.stderr and result.stdout == ""
 
 
+@pytest.mark.tools
 def test_usage_errors_exit_2():
     assert cli("check", "--backends", "nope").returncode == 2
     result = cli("check", "--backends", BACKEND, "--layers", "NoSuchLayer")
@@ -126,6 +133,7 @@ def test_usage_errors_exit_2():
     assert result.returncode == 2 and "float33" in result.stderr
 
 
+@pytest.mark.tools
 def test_json_and_junit_formats_and_output_file(targets, tmp_path):
     out = tmp_path / "report.json"
     result = cli("check", "kpe_cli_targets:wrong", *ONE, "--format", "json",
@@ -152,6 +160,7 @@ def test_json_and_junit_formats_and_output_file(targets, tmp_path):
     assert (suite.get("failures"), suite.get("skipped")) == ("2", "0")
 
 
+@pytest.mark.tools
 def test_backends_not_installed_are_listed_as_skipped():
     result = cli("check", "--layers", "Softmax", "--policies", "float32", "--kpe-only", "--all")
     missing = [b for b in ("jax", "tensorflow", "torch") if importlib.util.find_spec(b) is None]
@@ -162,6 +171,7 @@ def test_backends_not_installed_are_listed_as_skipped():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.tools
 def test_doctest_command(tmp_path):
     good, bad = tmp_path / "good.md", tmp_path / "bad.md"
     good.write_text(">>> 1 + 1\n2\n")

@@ -120,6 +120,7 @@ def cli(*args, env, timeout=900):
     )  # fmt: skip
 
 
+@pytest.mark.tools
 def test_keras_findings_fail_the_run_only_when_asked(env):
     result = cli("check", "kpe_run_targets:keras_only", *TWO, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -132,6 +133,7 @@ def test_keras_findings_fail_the_run_only_when_asked(env):
     assert strict.returncode == 1 and strict.stdout.startswith("DOES NOT CONFORM")
 
 
+@pytest.mark.tools
 def test_a_hung_backend_times_out_keeps_what_finished_and_reports_progress(env, tmp_path):
     report = tmp_path / "report.json"
     args = ["check", "kpe_run_targets:hangs", *TWO, "--timeout", "40", "--format", "json"]
@@ -158,6 +160,7 @@ def test_a_hung_backend_times_out_keeps_what_finished_and_reports_progress(env, 
     assert not os.listdir(tmp_path / "tmp")  # temporary files removed
 
 
+@pytest.mark.tools
 def test_sigterm_stops_the_backend_processes_and_removes_temporary_files(env, tmp_path):
     command = [sys.executable, "-m", "keras_policy_ext", "check", "kpe_run_targets:hangs", *TWO]
     parent = subprocess.Popen(
@@ -198,6 +201,7 @@ def test_sigterm_with_a_cache_dir_stops_jax_s_helpers_and_removes_their_files(en
     assert not os.listdir(tmp_path / "tmp")
 
 
+@pytest.mark.tools
 def test_a_second_interrupt_still_stops_a_backend_process_slow_to_stop(env, tmp_path):
     command = [sys.executable, "-m", "keras_policy_ext", "check", "kpe_run_targets:stubborn",
                *TWO]  # fmt: skip
@@ -218,6 +222,7 @@ def test_a_second_interrupt_still_stops_a_backend_process_slow_to_stop(env, tmp_
         os.kill(child, 0)
 
 
+@pytest.mark.tools
 def test_on_a_terminal_the_live_line_shows_a_backend_that_starts_or_hangs(env):
     import pty
     import re
@@ -246,6 +251,7 @@ def test_on_a_terminal_the_live_line_shows_a_backend_that_starts_or_hangs(env):
     assert len(seconds) >= 5, text  # redrawn as the seconds go by, before any layer ends
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize(
     "target, message",
     [
@@ -262,6 +268,7 @@ def test_a_target_that_exits_is_reported_legibly(env, target, message):
     assert "RuntimeWarning" not in result.stdout + result.stderr
 
 
+@pytest.mark.tools
 def test_role_policies_are_not_split_and_compared_with_keras_where_it_can(env):
     result = cli(
         "check", "--backends", BACKEND, "--layers", "Dense", "--all",
@@ -275,6 +282,7 @@ def test_role_policies_are_not_split_and_compared_with_keras_where_it_can(env):
     assert policies == {"mixed_bfloat16", "params=bfloat16,compute=float32"}
 
 
+@pytest.mark.tools
 def test_markdown_format_has_the_verdict_and_the_grid(env):
     result = cli("check", *TWO, "--layers", "Dense", "--format", "markdown", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -284,6 +292,7 @@ def test_markdown_format_has_the_verdict_and_the_grid(env):
     assert "| Dense | mixed_bfloat16 | ok |" in lines
 
 
+@pytest.mark.tools
 def test_usage_errors_are_reported_before_any_backend_process_starts(env, tmp_path):
     for args, message in [
         (["--layers", "NoSuchLayer"], "no zoo layer matches NoSuchLayer"),
@@ -307,6 +316,7 @@ def test_usage_errors_are_reported_before_any_backend_process_starts(env, tmp_pa
     assert not (tmp_path / "no_dir").exists()
 
 
+@pytest.mark.tools
 def test_a_target_s_package_runs_only_in_the_backend_processes(env):
     # The command finds a target's module without running its package's code: an
     # `__init__` that exits, raises or prints is the target's error, in its process.
@@ -323,6 +333,7 @@ def test_a_target_s_package_runs_only_in_the_backend_processes(env):
     assert len(json.loads(result.stdout)["backends"][BACKEND]["cases"]) == 4
 
 
+@pytest.mark.tools
 def test_the_installed_command_finds_a_target_in_the_current_directory(env, tmp_path):
     # README: "The current directory is on the import path", as for `python -m`.
     command = os.path.join(os.path.dirname(sys.executable), "keras-policy-ext")
@@ -337,6 +348,7 @@ def test_the_installed_command_finds_a_target_in_the_current_directory(env, tmp_
     assert result.stdout.startswith("CONFORMS: 4 cases")
 
 
+@pytest.mark.tools
 def test_repeated_and_duplicate_options_add_up_once(env):
     result = cli(
         "check", "--backends", BACKEND, "--backends", BACKEND, "--layers", "Dense",

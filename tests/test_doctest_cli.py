@@ -32,6 +32,7 @@ def test_keras_s_own_docstrings_pass_with_setup(plugin):
     assert result.stdout.rstrip().endswith("OK: 7 passed, 0 failed, 0 skipped (1 file, 1 backend)")
 
 
+@pytest.mark.tools
 def test_unreadable_files_exit_2_before_any_backend_starts(tmp_path):
     marker = tmp_path / "examples-ran"
     good = tmp_path / "good.md"
@@ -48,6 +49,7 @@ def test_unreadable_files_exit_2_before_any_backend_starts(tmp_path):
     assert not marker.exists()  # no backend ran the good file either
 
 
+@pytest.mark.tools
 def test_usage_errors_exit_2(tmp_path):
     good = tmp_path / "good.md"
     good.write_text(">>> 1\n1\n")
@@ -60,6 +62,7 @@ def test_usage_errors_exit_2(tmp_path):
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
 
 
+@pytest.mark.tools
 def test_a_crash_and_a_hang_lose_only_their_own_file(tmp_path):
     files = {
         "a_crash.md": ">>> import os; os._exit(7)\n",
@@ -77,6 +80,7 @@ def test_a_crash_and_a_hang_lose_only_their_own_file(tmp_path):
     assert "INCOMPLETE: 1 passed, 0 failed, 0 skipped, 2 errors (3 files, 1 backend)" in lines
 
 
+@pytest.mark.tools
 def test_json_junit_and_output(tmp_path):
     (tmp_path / "ok.md").write_text(">>> 1 + 1\n2\n")
     (tmp_path / "bad.md").write_text(">>> 1 + 1\n3\n")
@@ -94,6 +98,7 @@ def test_json_junit_and_output(tmp_path):
     assert "Expected:\n    3\nGot:\n    2" in suite.find("testcase/failure").text
 
 
+@pytest.mark.tools
 def test_backends_all_in_doctest_and_check(tmp_path):
     from keras_policy_ext.backends import installed_backends
 
@@ -116,6 +121,7 @@ def test_backends_all_in_doctest_and_check(tmp_path):
     assert "all" not in result.stderr.split("no zoo layer")[0]
 
 
+@pytest.mark.tools
 def test_format_markdown(tmp_path):
     (tmp_path / "ok.md").write_text(">>> 1 + 1\n2\n")
     (tmp_path / "bad.md").write_text("```python\nraise ValueError('boom')\n```\n")

@@ -148,6 +148,7 @@ def test_expand_paths(tmp_path):
     assert expanded[-1] == "README.md"
 
 
+@pytest.mark.tools
 def test_run_files_in_a_subprocess(tmp_path):
     write(tmp_path / "docs/ok.md", MARKDOWN.replace("    5\n", "    6\n"))
     write(tmp_path / "docs/bad.md", ">>> 1\n2\n")
@@ -162,6 +163,7 @@ def test_run_files_in_a_subprocess(tmp_path):
     assert report.endswith("FAILED: 5 passed, 1 failed, 1 skipped (2 files, 1 backend)")
 
 
+@pytest.mark.tools
 def test_run_files_reports_a_failed_subprocess(tmp_path):
     crash = write(tmp_path / "crash.md", ">>> import os; os._exit(3)\n")
     results = doctests.run_files([crash], [BACKEND])
@@ -426,6 +428,7 @@ def test_unreadable_files_are_refused_before_any_backend_starts(tmp_path, name, 
     assert str(path) in str(error.value) and message in str(error.value)
 
 
+@pytest.mark.tools
 def test_a_crash_loses_only_its_own_file(tmp_path):
     first = write(tmp_path / "a.md", ">>> 1 + 1\n2\n")
     crash = write(tmp_path / "b.md", ">>> 1\n1\n>>> import os; os._exit(3)\n")
@@ -438,6 +441,7 @@ def test_a_crash_loses_only_its_own_file(tmp_path):
     assert doctests.status(results) == 2
 
 
+@pytest.mark.tools
 def test_timeout_per_file_stops_a_hung_file_and_names_its_example(tmp_path):
     hang = write(tmp_path / "hang.md", ">>> 1\n1\n>>> while True:\n...     pass\n")
     after = write(tmp_path / "later.md", ">>> 2 + 2\n4\n")
@@ -447,6 +451,7 @@ def test_timeout_per_file_stops_a_hung_file_and_names_its_example(tmp_path):
     assert counts(later) == (1, 0, 0) and later["error"] is None
 
 
+@pytest.mark.tools
 def test_timeout_names_the_hung_code_block_s_line(tmp_path):
     hang = write(tmp_path / "hang.md", "```python\nx = 1\nwhile True:\n    pass\n```\n")
     [hung] = doctests.run_files([hang], [BACKEND], timeout=3)[BACKEND]

@@ -126,6 +126,7 @@ def main_checks(monkeypatch):
     return checked
 
 
+@pytest.mark.tools
 def test_a_helper_process_changes_nothing_the_matrix_reports(main_checks):
     alone = outcome(events_of(LIGHT, POLICIES))
     main_checks.clear()
@@ -145,6 +146,7 @@ if sys.argv[1:2] and "kpe-helpers-" in sys.argv[1]:
 """
 
 
+@pytest.mark.tools
 def test_the_layers_of_a_helper_that_fails_are_checked_by_the_main_process(
     main_checks, monkeypatch, tmp_path
 ):
@@ -201,6 +203,7 @@ def test_jax_settings_the_user_made_are_kept(bare_environment, tmp_path):
     assert tmp_path.is_dir()
 
 
+@pytest.mark.tools
 def test_the_command_s_process_loads_no_keras_to_check_names():
     """The default policies and zoo names are known without a backend (each backend's
     process loads its own): the run starts its backends' processes without that wait."""
@@ -302,6 +305,7 @@ def test_a_cache_dir_that_cannot_be_a_directory_is_a_usage_error(tmp_path, monke
     assert (tmp_path / "kpe").is_dir()
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize(
     "policies, loads_keras", [((), False), (("--policies", "float16"), False),
                               (("--policies", "p=f32,c=bf16"), True)],

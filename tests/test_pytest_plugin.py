@@ -150,6 +150,7 @@ def test_kpe_backends_usage_errors(pytester, args, message):
     assert message in result.stderr.str()
 
 
+@pytest.mark.tools
 @needs_xdist
 def test_kpe_backends_conflicts_with_other_xdist_options(pytester):
     pytester.makepyfile("def test_nothing():\n    pass\n")
@@ -158,6 +159,7 @@ def test_kpe_backends_conflicts_with_other_xdist_options(pytester):
     assert "cannot be combined with -n" in result.stderr.str()
 
 
+@pytest.mark.tools
 @needs_xdist
 def test_kpe_backends_runs_the_suite_once_per_backend(pytester):
     backends = installed_backends()
@@ -193,6 +195,7 @@ def test_kpe_backends_runs_the_suite_once_per_backend(pytester):
     assert len(cases) == 6 * len(backends)
 
 
+@pytest.mark.tools
 @needs_xdist
 def test_a_backend_s_crash_is_its_failure_and_its_worker_goes_on(pytester):
     pytester.makepyfile(
@@ -330,6 +333,7 @@ def test_kpe_policy_float64_on_jax_without_x64_is_skipped_with_the_remedy(pytest
 # --- An honest fan-out (issue 22) ---
 
 
+@pytest.mark.tools
 @needs_xdist
 def test_an_interrupted_fan_out_says_what_did_not_finish(pytester, tmp_path):
     started = tmp_path / "started"
@@ -377,6 +381,7 @@ def test_an_interrupted_fan_out_says_what_did_not_finish(pytester, tmp_path):
     assert "Traceback" not in out + err
 
 
+@pytest.mark.tools
 @needs_xdist
 def test_a_backend_where_no_test_ran_is_not_passed(pytester):
     pytester.makepyfile(
@@ -406,6 +411,7 @@ PAGES = {
 }
 
 
+@pytest.mark.tools
 def test_kpe_docs_collects_the_listed_pages_as_tests(pytester):
     pytester.makeini("[pytest]\nkpe_docs = good.md bad.md prose.md\n")
     for name, text in PAGES.items():
@@ -430,6 +436,7 @@ def test_without_kpe_docs_no_page_is_collected(pytester):
     assert result.ret == pytest.ExitCode.NO_TESTS_COLLECTED
 
 
+@pytest.mark.tools
 @needs_xdist
 def test_kpe_docs_run_once_per_backend_under_kpe_backends(pytester):
     pytester.makeini("[pytest]\nkpe_docs = good.md\n")

@@ -473,14 +473,10 @@ def run_matrix(
             named[policy] = (policy, policy == "float64")
             continue
         from keras_policy_ext import dtype_policies
+        from keras_policy_ext.testing.checks import refuse_quantized
 
         parsed = dtype_policies.get(policy)  # a bad name raises here, not in every child
-        if getattr(parsed, "quantization_mode", None) is not None:
-            raise ValueError(
-                f"cannot check the quantized policy {policy!r}: the check holds layers to a "
-                "policy's float dtypes; name a float policy such as "
-                f"{', '.join(DEFAULT_POLICIES)}, or a role spec (p=f32,c=bf16)"
-            )
+        refuse_quantized(parsed)
         dtypes = (parsed.compute_dtype, parsed.variable_dtype)
         named[policy] = (parsed.name, "float64" in dtypes)
     # A policy named twice (`p=f32,c=bf16` is `mixed_bfloat16`) is checked once.

@@ -331,8 +331,27 @@ def _as_args(inputs: Any) -> tuple:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
-def _policy(policy: Any, source: str) -> keras.DTypePolicy:
-    """The policy object a case of `source` checks; `ValueError` for a quantized one."""
+def refuse_quantized(policy: Any) -> None:
+    """Raises `ValueError` if `policy` is a quantized policy, or names one.
+
+    The checks hold a layer to a policy's float dtypes, and know no quantized
+    dtypes to hold it to. `check_layer` and `keras-policy-ext check` ask this
+    before any case runs.
+
+    Args:
+        policy: a policy object, or a name or role spec as `check_layer` takes.
+
+    Raises:
+        ValueError: `policy` is quantized (`int8_from_float32`, ...), naming it
+            and the valid choices.
+
+    >>> from keras_policy_ext.testing.checks import refuse_quantized
+    >>> refuse_quantized("mixed_bfloat16")
+    >>> refuse_quantized("int8_from_float32")
+    Traceback (most recent call last):
+    ...
+    ValueError: Cannot check the quantized policy 'int8_from_float32': ...
+    """
     name = policy.name if isinstance(policy, keras.DTypePolicy) else policy
     if getattr(policy, "quantization_mode", None) is not None or (
         isinstance(name, str) and name.startswith(QUANTIZED_PREFIXES)
@@ -342,6 +361,12 @@ def _policy(policy: Any, source: str) -> keras.DTypePolicy:
             f"policy's float dtypes. Valid policies: float ones such as "
             f"{', '.join(DEFAULT_POLICIES)}, or a role spec such as 'p=f32,c=bf16'."
         )
+
+
+def _policy(policy: Any, source: str) -> keras.DTypePolicy:
+    """The policy object a case of `source` checks; `ValueError` for a quantized one."""
+    refuse_quantized(policy)
+    name = policy.name if isinstance(policy, keras.DTypePolicy) else policy
     if source == "keras":
         return keras.DTypePolicy(name)
     return as_policy(policy)

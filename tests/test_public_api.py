@@ -29,6 +29,13 @@ def test_dir_lists_only_the_public_face():
     assert "compile" not in names  # deprecated: reachable, not advertised
 
 
+def test_dir_of_testing_lists_only_what_it_exports():
+    names = set(dir(kpe.testing))
+    assert not {n for n in names if n.startswith("_") and not n.endswith("__")}
+    assert not names & STDLIB and "Any" not in names
+    assert {"check_layer", "assert_conforms", "ZOO", "clean_state"} <= names
+
+
 def test_policy_scope_is_at_the_top_level():
     assert kpe.policy_scope is kpe.config.policy_scope
     with kpe.policy_scope("mixed_bfloat16"):

@@ -47,5 +47,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# The submodules, reachable as attributes once imported.
+_MODULES = ("checks", "multibackend", "pytest_plugin", "state", "zoo")
+
+
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    dunders = {n for n in globals() if n.startswith("__") and n.endswith("__")}
+    loaded = {n for n in _MODULES if n in globals()}
+    return sorted({*dunders, *_EXPORTS, *loaded})

